@@ -1,0 +1,34 @@
+"""refmarshal: fast imports from one image of an environment's code objects in native layout.
+
+Public API (spec/ describes the format, docs/ the rest):
+
+``build(path, entries)``   write an image of (module name, source path) pairs
+``Image(path)``            open an image: ``.names()``, ``.get_code(name)``, ``.owns(obj)``
+``ImageError``             raised for any malformed, foreign or unusable image
+"""
+
+from .errors import ImageError
+from .writer import build
+
+__all__ = ["ImageError", "Image", "build", "accelerator_available"]
+
+
+def accelerator_available():
+    """True when the compiled accelerator imports and matches this interpreter."""
+    try:
+        from ._accel import loader  # noqa: F401  (built by the accelerator issue)
+    except ImportError:
+        return False
+    return True
+
+
+def Image(path, implementation="auto"):
+    """Open an image.  ``implementation`` is "auto" (the accelerator when it is available,
+    else the reference reader), "accel" or "reference" (to force one, for tests)."""
+    if implementation not in ("auto", "accel", "reference"):
+        raise ValueError(f"unknown implementation {implementation!r}")
+    if implementation == "accel" or (implementation == "auto" and accelerator_available()):
+        from ._accel.loader import AccelImage
+        return AccelImage(path)
+    from .reader import ReferenceImage
+    return ReferenceImage(path)

@@ -1,0 +1,129 @@
+"""The image container: every constant and record layout of spec sections 2-5, in one place.
+
+Reader and writer both import from here, so the two can only disagree about the format through
+code, never through a copied number.  Per-version object layouts live in ``layouts.py``.
+"""
+
+import struct
+import sys
+import zlib
+
+MAGIC = b"\x89RMI\r\n\x1a\n"     # [HDR-1]
+FORMAT_MAJOR = 1                 # [HDR-2] a reader rejects any other major version
+FORMAT_MINOR = 0                 # [HDR-2] a reader accepts any minor version
+HEADER_SIZE = 256
+PAGE = 4096                      # [SEC-3] heaps start on this boundary
+ALIGN = 8                        # [OBJ-1] every object (or its GC header) starts 8-aligned
+
+# Header: spec 2.1.  Integers little-endian.
+HEADER = struct.Struct("<8sHHIQQIIII96s112s")
+SECTION = struct.Struct("<QQ")
+SECTION_NAMES = ("directory", "names", "string_index", "string_heap", "module_heap", "relocations")
+FINGERPRINT = struct.Struct("<I4sBBH16s84s")
+assert HEADER.size == HEADER_SIZE and FINGERPRINT.size == 112
+
+# Header flags ([HDR-9]).
+FLAG_OPTIMIZE_MASK = 0x3         # bits 0-1: the optimization level the code was compiled at
+
+# Module directory entry: spec 3.1.
+MODULE = struct.Struct("<IIIIIIqQQIIIIII8x")
+assert MODULE.size == 80
+MOD_PACKAGE = 0x1
+
+# String index entry: spec 4.1.
+STRING = struct.Struct("<IIII")
+STR_INTERNED = 0x1
+
+# Relocation record: spec 5.3.  (slot_word << 3) | kind, as uint32.
+RELOC = struct.Struct("<I")
+R_TYPE, R_CONST, R_STR, R_FROZENSET, R_PTR = range(5)
+RELOC_KIND_NAMES = ("TYPE", "CONST", "STR", "FROZENSET", "PTR")
+
+# Type codes written in ob_type: spec 5.2.
+T_STR, T_BYTES, T_TUPLE, T_INT, T_FLOAT, T_COMPLEX, T_CODE = range(1, 8)
+TYPE_NAMES = {T_STR: "str", T_BYTES: "bytes", T_TUPLE: "tuple", T_INT: "int",
+              T_FLOAT: "float", T_COMPLEX: "complex", T_CODE: "code"}
+
+# Singleton ids for R_CONST: spec 5.4.
+C_NONE, C_TRUE, C_FALSE, C_ELLIPSIS, C_EMPTY_TUPLE, C_EMPTY_BYTES, C_EMPTY_STR = range(7)
+C_SMALL_INT = 0x100              # + (n + 5) for -5 <= n <= 256
+C_LATIN1 = 0x300                 # + code point, 0..255
+C_BYTE = 0x400                   # + byte value, for bytes of length 1
+SMALL_INT_MIN, SMALL_INT_MAX = -5, 256
+
+
+def singleton_id(obj):
+    """The R_CONST id of obj, or None when obj is not one of the interpreter's singletons."""
+    if obj is None:
+        return C_NONE
+    if obj is True:
+        return C_TRUE
+    if obj is False:
+        return C_FALSE
+    if obj is Ellipsis:
+        return C_ELLIPSIS
+    t = type(obj)
+    if t is int and SMALL_INT_MIN <= obj <= SMALL_INT_MAX:
+        return C_SMALL_INT + obj - SMALL_INT_MIN
+    if t is tuple and not obj:
+        return C_EMPTY_TUPLE
+    if t is bytes and len(obj) <= 1:
+        return C_BYTE + obj[0] if obj else C_EMPTY_BYTES
+    if t is str and len(obj) <= 1:
+        return C_LATIN1 + ord(obj) if obj and ord(obj) < 256 else (C_EMPTY_STR if not obj else None)
+    return None
+
+
+def singleton(cid):
+    """The object a R_CONST id names; raises KeyError for an id the spec does not define."""
+    fixed = (None, True, False, Ellipsis, (), b"", "")
+    if cid < len(fixed):
+        return fixed[cid]
+    if C_SMALL_INT <= cid <= C_SMALL_INT + SMALL_INT_MAX - SMALL_INT_MIN:
+        return cid - C_SMALL_INT + SMALL_INT_MIN
+    if C_LATIN1 <= cid < C_LATIN1 + 256:
+        return chr(cid - C_LATIN1)
+    if C_BYTE <= cid < C_BYTE + 256:
+        return bytes((cid - C_BYTE,))
+    raise KeyError(cid)
+
+
+def crc32(*chunks):
+    c = 0
+    for chunk in chunks:
+        c = zlib.crc32(chunk, c)
+    return c
+
+
+def build_flags():
+    """[HDR-7] bit 0 Py_DEBUG, bit 1 Py_TRACE_REFS, bit 2 Py_GIL_DISABLED (free-threaded)."""
+    return ((1 if hasattr(sys, "gettotalrefcount") else 0)
+            | (2 if hasattr(sys, "getobjects") else 0)
+            | (4 if "t" in getattr(sys, "abiflags", "") else 0))
+
+
+def fingerprint():
+    """The 112-byte fingerprint of the running interpreter build: spec 2.2."""
+    from importlib.util import MAGIC_NUMBER
+    return FINGERPRINT.pack(
+        sys.hexversion, MAGIC_NUMBER, struct.calcsize("P"),
+        ord("L") if sys.byteorder == "little" else ord("B"), build_flags(),
+        sys.implementation.cache_tag.encode("ascii")[:16],
+        sys.version.encode("utf-8", "replace")[:84])
+
+
+def describe_fingerprint(fp):
+    """A short human description of a fingerprint, for error messages and ``info``."""
+    hexversion, magic, psize, order, flags, tag, version = FINGERPRINT.unpack(fp)
+    tag = tag.rstrip(b"\0").decode("ascii", "replace")
+    version = version.rstrip(b"\0").decode("utf-8", "replace").split("\n")[0]
+    return f"{tag} ({version}), {psize * 8}-bit {'little' if order == ord('L') else 'big'}-endian"
+
+
+def align(n, a=ALIGN):
+    return (n + a - 1) & ~(a - 1)
+
+
+def preferred_base(key):
+    """[HDR-6] A 1 GiB-aligned address in [16 TiB, 80 TiB) chosen from key (the module list)."""
+    return 0x1000_0000_0000 + (zlib.crc32(key) % 0x10000) * 0x4000_0000

@@ -1,0 +1,412 @@
+"""The reference writer: modules' source files in, an image out, exactly per spec/.
+
+Simple and slow on purpose.  The object graph comes from ``marshal.dumps`` of what
+``compile()`` returns (see graph.py); ``co_code_adaptive`` comes from the live code objects.
+"""
+
+import marshal
+import os
+import struct
+import sys
+
+from . import format as F
+from .errors import ImageError
+from .graph import Code, FrozenSet, Str, parse_marshal
+from .layouts import LAYOUTS, field, current
+
+
+def compile_module(source_path, optimize=-1):
+    """Compile a module's source exactly as importlib's SourceLoader does."""
+    with open(source_path, "rb") as fh:
+        source = fh.read()
+    return compile(source, source_path, "exec", dont_inherit=True, optimize=optimize)
+
+
+def code_graph(code):
+    """The graph of a live code object, with each Code node's adaptive bytes filled in."""
+    root = parse_marshal(marshal.dumps(code))
+    live = list(_walk_live(code))
+    nodes = list(_walk_nodes(root))
+    if len(live) != len(nodes):
+        raise ImageError("marshal graph and live code objects disagree")
+    for node, co in zip(nodes, live):
+        if node.code != co.co_code:
+            raise ImageError(f"marshal graph and live code disagree for {co.co_qualname}")
+        node.adaptive = co._co_code_adaptive
+    return root
+
+
+def _walk_live(co):
+    yield co
+    for c in co.co_consts:
+        if type(c) is type(co):
+            yield from _walk_live(c)
+
+
+def _walk_nodes(node):
+    yield node
+    for c in node.consts:
+        if type(c) is Code:
+            yield from _walk_nodes(c)
+
+
+def _frozenset_key(item):
+    # [OBJ-9] canonical item order: by the marshal (format 2) encoding of each item's value
+    if type(item) is Str:
+        return (1, item.value.encode("utf-8", "surrogatepass"), item.interned)
+    return (0, marshal.dumps(_plain(item), 2), False)
+
+
+def _plain(v):
+    if type(v) is Str:
+        return v.value
+    if type(v) is tuple:
+        return tuple(_plain(i) for i in v)
+    return v
+
+
+# ---------------------------------------------------------------------------------------
+# Native encodings of each stored kind (spec section 6).
+
+def str_kind(value):
+    m = max(map(ord, value), default=0)
+    return (1 if m < 256 else 2 if m < 65536 else 4), m < 128
+
+
+def encode_str(layout, value):
+    """The native bytes of a str object (spec 6.3); its ob_type holds T_STR."""
+    kind, ascii = str_kind(value)
+    header = layout.str_ascii_header if ascii else layout.str_compact_header
+    data = value.encode({1: "latin-1", 2: "utf-16-le", 4: "utf-32-le"}[kind],
+                        "surrogatepass")
+    state = (kind << 2) | (1 << 5) | (int(ascii) << 6) | (1 << 7 if layout.str_state_bit7 == "ready" else 0)
+    buf = bytearray(F.align(header + data.__len__() + kind))
+    struct.pack_into("<qQqqI", buf, 0, layout.refcnt, F.T_STR, len(value), -1, state)
+    buf[header:header + len(data)] = data
+    return bytes(buf)
+
+
+def int_digits(v):
+    digits, a = [], abs(v)
+    while a:
+        digits.append(a & 0x3FFFFFFF)
+        a >>= 30
+    return digits
+
+
+class _Segment:
+    """One module's objects laid out in canonical order, with its relocation records."""
+
+    def __init__(self, layout, strings):
+        self.layout = layout
+        self.strings = strings       # Str.key() -> string index, filled in later
+        self.placed = {}             # id(node) -> offset of the PyObject in the segment
+        self.order = []              # (node, alloc offset, object offset, size)
+        self.size = 0
+        self.keep = []
+
+    # -- placement: pre-order, depth first, children in field order ([OBJ-2]) --
+    def place(self, v):
+        if F.singleton_id(_as_const(v)) is not None or type(v) is Str:
+            if type(v) is Str and F.singleton_id(v.value) is None:
+                self.strings.setdefault(v.key(), None)
+            return
+        if type(v) is FrozenSet:
+            v = self._frozen_tuple(v)
+        if id(v) in self.placed:
+            return
+        size, pre = self._size(v)
+        alloc = self.size
+        self.placed[id(v)] = alloc + pre
+        self.order.append((v, alloc, alloc + pre, size))
+        self.size = F.align(alloc + size)
+        self.keep.append(v)
+        for child in self._children(v):
+            self.place(child)
+
+    def _frozen_tuple(self, fs):
+        key = ("frozenset", id(fs))
+        if key not in self.placed:
+            self.placed[key] = tuple(sorted(fs.items, key=_frozenset_key))
+            self.keep.append(fs)
+        return self.placed[key]
+
+    def _children(self, v):
+        if type(v) is tuple:
+            return v
+        if type(v) is Code:
+            return [getattr(v, f.name[3:]) for f in self.layout.code_fields if f.rule == "ref"]
+        return ()
+
+    def _size(self, v):
+        """(bytes from the allocation start to the end of the object, bytes before the PyObject)."""
+        L, t = self.layout, type(v)
+        if t is tuple:
+            return L.gc_head + 24 + 8 * len(v), L.gc_head
+        if t is bytes:
+            return 32 + len(v) + 1, 0
+        if t is int:
+            return 24 + 4 * max(1, len(int_digits(v))), 0
+        if t is float:
+            return 24, 0
+        if t is complex:
+            return 32, 0
+        if t is Code:
+            return L.code_header + len(v.adaptive), 0
+        raise ImageError(f"cannot store object of type {t.__name__}")
+
+    # -- encoding --
+    def encode(self, seg_file_off, base):
+        buf = bytearray(self.size)
+        relocs = []
+        for v, alloc, off, size in self.order:
+            self._encode(v, buf, off, relocs, seg_file_off, base)
+        relocs.sort(key=lambda r: (r[1], r[0]))          # [REL-3]: by kind, then slot
+        return bytes(buf), relocs
+
+    def _ref(self, v, buf, slot, relocs, seg_file_off, base):
+        """Write the value of a pointer slot and record how the loader resolves it."""
+        cid = F.singleton_id(_as_const(v))
+        if cid is not None:
+            struct.pack_into("<Q", buf, slot, cid)
+            relocs.append((slot // 8, F.R_CONST))
+        elif type(v) is Str:
+            struct.pack_into("<Q", buf, slot, self.strings[v.key()])
+            relocs.append((slot // 8, F.R_STR))
+        elif type(v) is FrozenSet:
+            target = self.placed[id(self._frozen_tuple(v))]
+            struct.pack_into("<Q", buf, slot, base + seg_file_off + target)
+            relocs.append((slot // 8, F.R_FROZENSET))
+        else:
+            struct.pack_into("<Q", buf, slot, base + seg_file_off + self.placed[id(v)])
+            relocs.append((slot // 8, F.R_PTR))
+
+    def _head(self, buf, off, tcode, relocs):
+        struct.pack_into("<qQ", buf, off, self.layout.refcnt, tcode)
+        relocs.append(((off + 8) // 8, F.R_TYPE))
+
+    def _encode(self, v, buf, off, relocs, seg_file_off, base):
+        L, t = self.layout, type(v)
+        if t is tuple:
+            self._head(buf, off, F.T_TUPLE, relocs)       # GC header stays zero: untracked
+            struct.pack_into("<q", buf, off + 16, len(v))
+            for i, item in enumerate(v):
+                self._ref(item, buf, off + 24 + 8 * i, relocs, seg_file_off, base)
+        elif t is bytes:
+            self._head(buf, off, F.T_BYTES, relocs)
+            struct.pack_into("<qq", buf, off + 16, len(v), -1)
+            buf[off + 32:off + 32 + len(v)] = v
+        elif t is int:
+            self._head(buf, off, F.T_INT, relocs)
+            digits = int_digits(v)
+            if L.int_tag == "ob_size":
+                struct.pack_into("<q", buf, off + 16, -len(digits) if v < 0 else len(digits))
+            else:
+                struct.pack_into("<Q", buf, off + 16, (len(digits) << 3) | (2 if v < 0 else 0))
+            struct.pack_into(f"<{len(digits)}I", buf, off + 24, *digits)
+        elif t is float:
+            self._head(buf, off, F.T_FLOAT, relocs)
+            struct.pack_into("<d", buf, off + 16, v)
+        elif t is complex:
+            self._head(buf, off, F.T_COMPLEX, relocs)
+            struct.pack_into("<dd", buf, off + 16, v.real, v.imag)
+        elif t is Code:
+            self._encode_code(v, buf, off, relocs, seg_file_off, base)
+
+    def _encode_code(self, c, buf, off, relocs, seg_file_off, base):
+        L = self.layout
+        kinds = c.localspluskinds
+        values = {
+            "ob_size": len(c.adaptive) // 2,
+            "co_flags": c.flags, "co_argcount": c.argcount,
+            "co_posonlyargcount": c.posonlyargcount, "co_kwonlyargcount": c.kwonlyargcount,
+            "co_stacksize": c.stacksize, "co_firstlineno": c.firstlineno,
+        }
+        values.update(derived_code_fields(L, c.localsplusnames, kinds, c.stacksize, c.code))
+        self._head(buf, off, F.T_CODE, relocs)
+        for f in L.code_fields:
+            if f.rule == "ref":
+                self._ref(getattr(c, f.name[3:]), buf, off + f.offset, relocs, seg_file_off, base)
+            elif f.rule in ("value", "derived"):
+                struct.pack_into({2: "<h", 4: "<i", 8: "<q"}[f.size], buf, off + f.offset,
+                                 values[f.name])
+            elif f.rule == "reset":
+                struct.pack_into({2: "<h", 4: "<i", 8: "<q"}[f.size], buf, off + f.offset,
+                                 reset_value(L, f))
+        buf[off + L.code_header:off + L.code_header + len(c.adaptive)] = c.adaptive
+
+
+def reset_value(layout, f):
+    """[OBJ-6] the value a field with rule "reset" has in a freshly created object."""
+    if f.name == "co_warmup":
+        return layout.warmup
+    return -1 if f.fresh.startswith("-1") else 0
+
+
+# Local kinds (Include/internal/pycore_code.h): the same bits in 3.11-3.13.
+CO_FAST_LOCAL, CO_FAST_CELL, CO_FAST_FREE = 0x20, 0x40, 0x80
+
+
+def derived_code_fields(layout, names, kinds, stacksize, co_code):
+    """[OBJ-7] the code object fields CPython derives in init_code(), computed the same way."""
+    from .bytecode import RESUME
+    nlocals = ncells = nplain = nfree = 0
+    for k in kinds:
+        if k & CO_FAST_LOCAL:
+            nlocals += 1
+            ncells += bool(k & CO_FAST_CELL)
+        elif k & CO_FAST_CELL:
+            ncells += 1
+            nplain += 1
+        elif k & CO_FAST_FREE:
+            nfree += 1
+    first = 0
+    while first < len(co_code) // 2 and co_code[2 * first] != RESUME:
+        first += 1
+    out = {"co_nlocalsplus": len(names), "co_nlocals": nlocals, "co_ncellvars": ncells,
+           "co_nfreevars": nfree, "_co_firsttraceable": first}
+    if layout.frame_specials:
+        out["co_framesize"] = len(names) + stacksize + layout.frame_specials
+    else:
+        out["co_nplaincellvars"] = nplain
+    return out
+
+
+def _as_const(v):
+    """The plain value a node stands for when it might be a singleton (strings included)."""
+    return v.value if type(v) is Str else v
+
+
+# ---------------------------------------------------------------------------------------
+
+class BuildResult:
+    def __init__(self):
+        self.modules = []        # names written
+        self.skipped = []        # (name, source path, reason)
+        self.size = 0
+        self.strings = 0
+
+    def __repr__(self):
+        return (f"BuildResult(modules={len(self.modules)}, skipped={len(self.skipped)}, "
+                f"bytes={self.size}, strings={self.strings})")
+
+
+def build(path, entries, *, optimize=-1):
+    """Write an image of ``entries`` (pairs of module name and source path) to ``path``.
+
+    Modules whose source cannot be read or compiled are skipped and listed in the result.
+    The file is written to a temporary name and renamed into place.
+    """
+    layout = current()
+    if layout is None:
+        raise ImageError(f"CPython {sys.version_info[0]}.{sys.version_info[1]} is not supported")
+    level = sys.flags.optimize if optimize == -1 else optimize
+    result = BuildResult()
+    modules = {}
+    for name, source_path in entries:
+        source_path = os.fspath(source_path)
+        try:
+            st = os.stat(source_path)
+            code = compile_module(source_path, level)
+            graph = code_graph(code)
+        except (OSError, SyntaxError, ValueError, ImageError) as exc:
+            result.skipped.append((name, source_path, f"{type(exc).__name__}: {exc}"))
+            continue
+        is_pkg = os.path.basename(source_path).rpartition(".")[0] == "__init__"
+        modules[name] = (source_path, st.st_mtime_ns, st.st_size, is_pkg, graph)
+    data = encode_image(layout, modules, level)
+    tmp = f"{os.fspath(path)}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    result.modules = sorted(modules)
+    result.size = len(data)
+    result.strings = struct.unpack_from("<I", data, 36)[0]
+    return result
+
+
+def encode_image(layout, modules, optimize):
+    """The bytes of an image of ``modules``: name -> (path, mtime_ns, size, is_pkg, graph)."""
+    names = sorted(modules, key=lambda n: n.encode("utf-8"))            # [DIR-2]
+    base = F.preferred_base(b"\0".join(
+        n.encode("utf-8") + b"\0" + os.fsencode(modules[n][0]) for n in names))
+    strings = {}
+    segments = []
+    for n in names:
+        seg = _Segment(layout, strings)
+        seg.place(modules[n][4])
+        segments.append(seg)
+
+    # [STR-2] strings in canonical order; each object 8-aligned in the string heap.
+    keys = sorted(strings, key=lambda k: (k[0].encode("utf-8", "surrogatepass"), k[1]))
+    string_objs = []
+    for i, k in enumerate(keys):
+        strings[k] = i
+        string_objs.append(encode_str(layout, k[0]))
+
+    # Metadata: directory, names blob, string index.
+    blob = bytearray()
+    name_refs = []
+    for n in names:
+        nb, pb = n.encode("utf-8"), os.fsencode(modules[n][0])
+        name_refs.append((len(blob), len(nb), len(blob) + len(nb), len(pb)))
+        blob += nb + pb
+    dir_off = F.HEADER_SIZE
+    names_off = dir_off + F.MODULE.size * len(names)
+    sidx_off = F.align(names_off + len(blob))
+    meta_end = sidx_off + F.STRING.size * len(keys)
+
+    sheap_off = F.align(meta_end, F.PAGE)
+    sheap = bytearray()
+    sindex = bytearray()
+    for k, obj in zip(keys, string_objs):
+        fields = (len(sheap), len(obj), F.STR_INTERNED if k[1] else 0)
+        sindex += F.STRING.pack(*fields, F.crc32(F.STRING.pack(*fields, 0)[:12], obj))
+        sheap += obj
+    mheap_off = F.align(sheap_off + len(sheap), F.PAGE)
+
+    mheap = bytearray()
+    relocs = bytearray()
+    entries = []
+    nrel = 0
+    for n, seg, (noff, nlen, poff, plen) in zip(names, segments, name_refs):
+        path, mtime, size, is_pkg, graph = modules[n]
+        seg_off = mheap_off + len(mheap)
+        data, recs = seg.encode(seg_off, base)
+        rbytes = b"".join(F.RELOC.pack((slot << 3) | kind) for slot, kind in recs)
+        nonptr = sum(1 for _, kind in recs if kind != F.R_PTR)
+        fields = (F.MOD_PACKAGE if is_pkg else 0, noff, nlen, poff, plen, mtime, size,
+                  seg_off, len(data), seg.placed[id(graph)], nrel, len(recs), nonptr,
+                  F.crc32(data, rbytes))
+        body = F.MODULE.pack(0, *fields)
+        entry_crc = F.crc32(body[4:], blob[noff:noff + nlen], blob[poff:poff + plen])
+        entries.append(F.MODULE.pack(entry_crc, *fields))
+        mheap += data
+        mheap += bytes(F.align(len(mheap)) - len(mheap))
+        relocs += rbytes
+        nrel += len(recs)
+    reloc_off = F.align(mheap_off + len(mheap))
+    file_size = reloc_off + len(relocs)
+
+    sections = [(dir_off, F.MODULE.size * len(names)), (names_off, len(blob)),
+                (sidx_off, len(sindex)), (sheap_off, len(sheap)),
+                (mheap_off, len(mheap)), (reloc_off, len(relocs))]
+    header = F.HEADER.pack(F.MAGIC, F.FORMAT_MAJOR, F.FORMAT_MINOR, F.HEADER_SIZE, file_size,
+                           base, len(names), len(keys), 0, optimize & F.FLAG_OPTIMIZE_MASK,
+                           b"".join(F.SECTION.pack(*s) for s in sections), F.fingerprint())
+    header = bytearray(header)
+    struct.pack_into("<I", header, 40, F.crc32(header))
+
+    out = bytearray(file_size)
+    out[0:F.HEADER_SIZE] = header
+    out[dir_off:dir_off + len(entries) * F.MODULE.size] = b"".join(entries)
+    out[names_off:names_off + len(blob)] = blob
+    out[sidx_off:sidx_off + len(sindex)] = sindex
+    out[sheap_off:sheap_off + len(sheap)] = sheap
+    out[mheap_off:mheap_off + len(mheap)] = mheap
+    out[reloc_off:reloc_off + len(relocs)] = relocs
+    return bytes(out)

@@ -1,0 +1,53 @@
+"""The Python API later issues and tests rely on ([API-1])."""
+
+import pytest
+
+import refmarshal
+
+
+def test_public_names():
+    assert {"build", "Image", "ImageError"} <= set(refmarshal.__all__)
+    assert issubclass(refmarshal.ImageError, Exception)
+
+
+def test_forcing_an_implementation(small_image):
+    img = refmarshal.Image(small_image, implementation="reference")
+    assert img.implementation == "reference"
+    with pytest.raises(ValueError):
+        refmarshal.Image(small_image, implementation="bogus")
+
+
+@pytest.mark.skipif(refmarshal.accelerator_available(), reason="accelerator is built here")
+def test_auto_falls_back_to_reference_without_accelerator(small_image):
+    assert refmarshal.Image(small_image).implementation == "reference"
+    with pytest.raises(ImportError):
+        refmarshal.Image(small_image, implementation="accel")
+
+
+def test_build_skips_and_counts_bad_sources(tmp_path):
+    (tmp_path / "ok.py").write_text("x = 1\n")
+    (tmp_path / "bad.py").write_text("def (:\n")
+    res = refmarshal.build(tmp_path / "i.img", [("ok", tmp_path / "ok.py"),
+                                                ("bad", tmp_path / "bad.py"),
+                                                ("gone", tmp_path / "gone.py")])
+    assert res.modules == ["ok"]
+    assert [s[0] for s in res.skipped] == ["bad", "gone"]
+    assert "SyntaxError" in res.skipped[0][2] and "FileNotFoundError" in res.skipped[1][2]
+
+
+def test_build_replaces_atomically(tmp_path):
+    (tmp_path / "a.py").write_text("x = 1\n")
+    out = tmp_path / "i.img"
+    out.write_bytes(b"old")
+    refmarshal.build(out, [("a", tmp_path / "a.py")])
+    assert out.read_bytes()[:8] == b"\x89RMI\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir() if ".tmp" in p.name] == []
+
+
+def test_module_entry_records_source(tmp_path):
+    src = tmp_path / "a.py"
+    src.write_text("x = 1\n")
+    refmarshal.build(tmp_path / "i.img", [("a", src)])
+    e = refmarshal.Image(tmp_path / "i.img", implementation="reference").entry("a")
+    st = src.stat()
+    assert (e.path, e.mtime_ns, e.size, e.is_package) == (str(src), st.st_mtime_ns, st.st_size, False)

@@ -1,0 +1,104 @@
+"""[RT-1] The reference round trip gives what compile() gives, for every module of the standard
+library and of real third-party packages; [RT-2] writing is deterministic."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+import corpus
+import refmarshal
+from helpers import compiled, same_code, walk
+
+STDLIB = corpus.stdlib_modules()
+THIRD = corpus.third_party_modules()
+
+
+def _check_module(image_path, result, name, path):
+    skipped = {n: why for n, _, why in result.skipped}
+    if name in skipped:
+        # build() skips exactly the modules that do not compile, and says why
+        assert not corpus.compiles(path), skipped[name]
+        return
+    img = _open(image_path)
+    code = img.get_code(name)
+    expected = compiled(path)
+    assert same_code(code, expected)
+    assert img.owns(code) is False
+    for a, b in zip(walk(code), walk(expected)):
+        assert a._co_code_adaptive == b._co_code_adaptive
+        assert a.co_filename == path
+
+
+_images = {}
+
+
+def _open(path):
+    if path not in _images:
+        _images[path] = refmarshal.Image(path, implementation="reference")
+    return _images[path]
+
+
+@pytest.mark.parametrize("name,path", STDLIB, ids=[n for n, _ in STDLIB])
+def test_stdlib_module(stdlib_image, name, path):
+    _check_module(stdlib_image[0], stdlib_image[1], name, path)
+
+
+@pytest.mark.parametrize("name,path", THIRD, ids=[n for n, _ in THIRD])
+def test_third_party_module(third_party_image, name, path):
+    _check_module(third_party_image[0], third_party_image[1], name, path)
+
+
+def test_corpus_is_real():
+    assert len(STDLIB) > 1000
+    assert {"os", "json", "asyncio.base_events", "email.mime.text"} <= {n for n, _ in STDLIB}
+    assert {"attr", "idna", "packaging.version"} <= {n for n, _ in THIRD}
+
+
+def test_build_counts_what_it_skips(stdlib_image):
+    _, result = stdlib_image
+    names = {n for n, _ in STDLIB}
+    assert len(result.modules) + len(result.skipped) == len(names)
+    assert all(not corpus.compiles(p) for _, p, _ in result.skipped)
+    assert result.size == os.path.getsize(stdlib_image[0])
+    assert 0 < result.strings
+
+
+def test_modules_all_listed(stdlib_image):
+    img = _open(stdlib_image[0])
+    assert img.names() == sorted(stdlib_image[1].modules, key=lambda n: n.encode())
+    assert img.entry("json").is_package and not img.entry("os").is_package
+    with pytest.raises(KeyError):
+        img.get_code("no.such.module")
+
+
+def _build_in_fresh_process(out, entries):
+    script = ("import sys, refmarshal; "
+              "refmarshal.build(sys.argv[1], [a.split('=', 1) for a in sys.argv[2:]])")
+    env = dict(os.environ, PYTHONHASHSEED=str(abs(hash(out)) % 4000))
+    subprocess.run([sys.executable, "-c", script, out, *(f"{n}={p}" for n, p in entries)],
+                   check=True, env=env)
+    with open(out, "rb") as fh:
+        return fh.read()
+
+
+def test_writing_is_deterministic(tmp_path):
+    """Same inputs, two fresh processes with different hash seeds: identical bytes."""
+    entries = STDLIB[::12] + THIRD[::4]
+    a = _build_in_fresh_process(str(tmp_path / "a.img"), entries)
+    b = _build_in_fresh_process(str(tmp_path / "b.img"), entries)
+    assert len(a) > 100_000
+    assert a == b
+
+
+def test_equal_strings_are_stored_once_across_modules(tmp_path):
+    (tmp_path / "m1.py").write_text("X = 'a shared constant string'\ndef shared_name(): pass\n")
+    (tmp_path / "m2.py").write_text("Y = 'a shared constant string'\ndef shared_name(): pass\n")
+    path = tmp_path / "s.img"
+    refmarshal.build(path, [("m1", tmp_path / "m1.py"), ("m2", tmp_path / "m2.py")])
+    data = path.read_bytes()
+    assert data.count("a shared constant string".encode()) == 1
+    assert data.count(b"shared_name") == 1
+    img = refmarshal.Image(path, implementation="reference")
+    assert img.get_code("m1").co_consts[0] == img.get_code("m2").co_consts[0]
