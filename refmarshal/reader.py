@@ -187,7 +187,8 @@ class ReferenceImage:
         _check(0 < length and F.align(header + (length + 1) * kind) == size,
                f"{where}: length {length} does not match size {size}")
         body = raw[header:header + length * kind]
-        value = body.decode({1: "latin-1", 2: "utf-16-le", 4: "utf-32-le"}[kind], "surrogatepass")
+        # code units one by one: a UTF-16 decoder would merge adjacent lone surrogates
+        value = "".join(map(chr, struct.unpack(f"<{length}{' BHxI'[kind]}", body)))
         _check(str_kind(value) == (kind, bool(ascii)), f"{where}: kind does not fit its characters")
         _check(raw[header + length * kind:] == bytes(size - header - length * kind),
                f"{where}: terminator or padding not zero")

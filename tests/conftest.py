@@ -59,6 +59,7 @@ B1 = b"x"
 S1 = "\\u20ac\\u00e9\\U0001f600 mixed kinds"
 S2 = "caf\\u00e9"
 S3 = "\\ud800 lone surrogate"
+S4 = "\\ud800\\udc00 two lone surrogates, not a pair"
 E = ...
 T = (1, "two", (3.0, None, True, False), ())
 def g(a, b=(1, 2), *args, c, d=frozenset({"x", 1, 2.5}), **kw):
