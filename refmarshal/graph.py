@@ -134,6 +134,22 @@ def parse_marshal(data):
     return root
 
 
+def walk_code(co):
+    """A live code object and all code objects nested in its constants, in pre-order."""
+    yield co
+    for c in co.co_consts:
+        if type(c) is type(co):
+            yield from walk_code(c)
+
+
+def walk_nodes(node):
+    """The same walk over Code nodes of a graph."""
+    yield node
+    for c in node.consts:
+        if type(c) is Code:
+            yield from walk_nodes(c)
+
+
 def _children(v):
     if type(v) is tuple:
         return v

@@ -13,7 +13,7 @@ import struct
 from . import format as F
 from .bytecode import deoptimize
 from .errors import ImageError
-from .graph import Code, FrozenSet, Str, emit_marshal
+from .graph import Code, FrozenSet, Str, emit_marshal, walk_code, walk_nodes
 from .layouts import current
 from .writer import derived_code_fields, reset_value, str_kind
 
@@ -369,7 +369,6 @@ def _const_node(v):
 
 def _check_adaptive(code, graph):
     """[OBJ-8] the stored co_code_adaptive must be what this interpreter creates for the code."""
-    from .writer import _walk_live, _walk_nodes
-    for co, node in zip(_walk_live(code), _walk_nodes(graph)):
+    for co, node in zip(walk_code(code), walk_nodes(graph)):
         _check(co._co_code_adaptive == node.adaptive,
                f"co_code_adaptive of {co.co_qualname} is not what this interpreter creates")

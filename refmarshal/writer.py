@@ -11,7 +11,7 @@ import sys
 
 from . import format as F
 from .errors import ImageError
-from .graph import Code, FrozenSet, Str, parse_marshal
+from .graph import Code, FrozenSet, Str, parse_marshal, walk_code, walk_nodes
 from .layouts import LAYOUTS, field, current
 
 
@@ -25,8 +25,8 @@ def compile_module(source_path, optimize=-1):
 def code_graph(code):
     """The graph of a live code object, with each Code node's adaptive bytes filled in."""
     root = parse_marshal(marshal.dumps(code))
-    live = list(_walk_live(code))
-    nodes = list(_walk_nodes(root))
+    live = list(walk_code(code))
+    nodes = list(walk_nodes(root))
     if len(live) != len(nodes):
         raise ImageError("marshal graph and live code objects disagree")
     for node, co in zip(nodes, live):
@@ -34,20 +34,6 @@ def code_graph(code):
             raise ImageError(f"marshal graph and live code disagree for {co.co_qualname}")
         node.adaptive = co._co_code_adaptive
     return root
-
-
-def _walk_live(co):
-    yield co
-    for c in co.co_consts:
-        if type(c) is type(co):
-            yield from _walk_live(c)
-
-
-def _walk_nodes(node):
-    yield node
-    for c in node.consts:
-        if type(c) is Code:
-            yield from _walk_nodes(c)
 
 
 def _frozenset_key(item):

@@ -13,8 +13,4 @@ def same_code(a, b):
     return marshal.dumps(a, 2) == marshal.dumps(b, 2)
 
 
-def walk(code):
-    yield code
-    for c in code.co_consts:
-        if type(c) is type(code):
-            yield from walk(c)
+from refmarshal.graph import walk_code as walk  # noqa: E402,F401
