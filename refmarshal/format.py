@@ -8,6 +8,8 @@ import struct
 import sys
 import zlib
 
+from .errors import ImageError
+
 MAGIC = b"\x89RMI\r\n\x1a\n"     # [HDR-1]
 FORMAT_MAJOR = 1                 # [HDR-2] a reader rejects any other major version
 FORMAT_MINOR = 0                 # [HDR-2] a reader accepts any minor version
@@ -127,3 +129,31 @@ def align(n, a=ALIGN):
 def preferred_base(key):
     """[HDR-6] A 1 GiB-aligned address in [16 TiB, 80 TiB) chosen from key (the module list)."""
     return 0x1000_0000_0000 + (zlib.crc32(key) % 0x10000) * 0x4000_0000
+
+
+def check_header(hdr, file_size):
+    """Check what the 256 header bytes alone can show ([HDR-1..9]); returns its fields.
+    Shared by the reference reader and the accelerator's Python side."""
+    (magic, major, minor, hsize, fsize, base, nmod, nstr, crc, flags, _sections,
+     fp) = HEADER.unpack(hdr)
+    if magic != MAGIC:
+        raise ImageError("not a refmarshal image (bad magic)")
+    if major != FORMAT_MAJOR:
+        raise ImageError(f"format version {major}.{minor} is not supported "
+                         f"(this reader reads {FORMAT_MAJOR}.x)")
+    if hsize != HEADER_SIZE:
+        raise ImageError(f"header size {hsize} is not {HEADER_SIZE}")
+    if fsize != file_size:
+        raise ImageError(f"truncated or extended: header says {fsize} bytes, file has {file_size}")
+    if crc32(hdr[:40], bytes(4), hdr[44:]) != crc:
+        raise ImageError("header checksum mismatch")
+    here = fingerprint()
+    if fp != here:
+        raise ImageError(f"image is for {describe_fingerprint(fp)}; "
+                         f"this interpreter is {describe_fingerprint(here)}")
+    if flags & ~FLAG_OPTIMIZE_MASK:
+        raise ImageError(f"reserved header flags set: {flags:#x}")
+    if not (base % 0x4000_0000 == 0 and 0 < base < 1 << 47):
+        raise ImageError(f"bad preferred base {base:#x}")
+    return dict(base=base, modules=nmod, strings=nstr, optimize=flags & FLAG_OPTIMIZE_MASK,
+                fingerprint=fp)

@@ -35,22 +35,8 @@ def _check(cond, what):
 def read_header(data, layout=None):
     """Validate the header and section table ([HDR-*], [SEC-*]); returns (fields, sections)."""
     _check(len(data) >= F.HEADER_SIZE, f"truncated: {len(data)} bytes is shorter than the header")
-    (magic, major, minor, hsize, fsize, base, nmod, nstr, crc, flags, sect,
-     fp) = F.HEADER.unpack_from(data, 0)
-    _check(magic == F.MAGIC, "not a refmarshal image (bad magic)")
-    _check(major == F.FORMAT_MAJOR, f"format version {major}.{minor} is not supported "
-           f"(this reader reads {F.FORMAT_MAJOR}.x)")
-    _check(hsize == F.HEADER_SIZE, f"header size {hsize} is not {F.HEADER_SIZE}")
-    _check(fsize == len(data), f"truncated or extended: header says {fsize} bytes, "
-           f"file has {len(data)}")
-    zeroed = bytearray(data[:F.HEADER_SIZE])
-    zeroed[40:44] = bytes(4)
-    _check(F.crc32(zeroed) == crc, "header checksum mismatch")
-    here = F.fingerprint()
-    _check(fp == here, f"image is for {F.describe_fingerprint(fp)}; "
-           f"this interpreter is {F.describe_fingerprint(here)}")
-    _check(flags & ~F.FLAG_OPTIMIZE_MASK == 0, f"reserved header flags set: {flags:#x}")
-    _check(base % 0x4000_0000 == 0 and 0 < base < 1 << 47, f"bad preferred base {base:#x}")
+    fields = F.check_header(bytes(data[:F.HEADER_SIZE]), len(data))
+    fsize, sect = len(data), data[48:144]
     sections = [F.SECTION.unpack_from(sect, 16 * i) for i in range(len(F.SECTION_NAMES))]
     prev_end = F.HEADER_SIZE
     for name, (off, size) in zip(F.SECTION_NAMES, sections):
@@ -61,11 +47,12 @@ def read_header(data, layout=None):
         _check(not any(data[prev_end:off]), f"padding before section {name} is not zero")
         prev_end = off + size
     _check(prev_end == fsize, "data after the last section")
-    _check(sections[0][1] == nmod * F.MODULE.size, "directory size does not match module count")
-    _check(sections[2][1] == nstr * F.STRING.size, "string index size does not match string count")
     _check(sections[5][1] % F.RELOC.size == 0, "relocation section size is not a multiple of 4")
-    return dict(base=base, modules=nmod, strings=nstr, optimize=flags & F.FLAG_OPTIMIZE_MASK,
-                fingerprint=fp), sections
+    _check(sections[0][1] == fields["modules"] * F.MODULE.size,
+           "directory size does not match module count")
+    _check(sections[2][1] == fields["strings"] * F.STRING.size,
+           "string index size does not match string count")
+    return fields, sections
 
 
 class ReferenceImage:

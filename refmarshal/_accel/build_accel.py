@@ -1,0 +1,21 @@
+"""cffi build script for the accelerator (out-of-line API mode).  cffi runs it on its own during
+the package build (``cffi_modules`` in setup.py); it never imports refmarshal."""
+
+import os
+
+from cffi import FFI
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+ffibuilder = FFI()
+with open(os.path.join(HERE, "rm_loader.h")) as fh:
+    ffibuilder.cdef("".join(l for l in fh if not l.startswith(("/*", " *"))))
+ffibuilder.set_source(
+    "refmarshal._accel._loader",
+    '#include "rm_loader.h"',
+    # paths relative to the project root, where the package build runs this script
+    sources=["refmarshal/_accel/rm_loader.c"],
+    include_dirs=["refmarshal/_accel"],
+    extra_compile_args=["-O2", "-Wall"],
+    py_limited_api=False,  # it relies on one version's internal layouts: never abi3
+)

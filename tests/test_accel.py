@@ -1,0 +1,232 @@
+"""The accelerator ([LOAD-1..4]): loaded in place, equal to the reference and to compile(),
+runs like any code, survives corruption and relocation, and the interpreter exits cleanly."""
+
+import os
+import random
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import corpus
+import refmarshal
+from refmarshal import ImageError
+from helpers import compiled, same_code, walk
+
+pytestmark = pytest.mark.skipif(not refmarshal.accelerator_available(),
+                                reason="accelerator not built")
+STDLIB = corpus.stdlib_modules()
+_images = {}
+
+
+def _accel(path):
+    if path not in _images:
+        _images[path] = refmarshal.Image(path, implementation="accel")
+    return _images[path]
+
+
+def test_accelerator_is_built_where_required():
+    """tox sets REFMARSHAL_REQUIRE_ACCEL: there a missing accelerator is a failure, not a skip."""
+    if os.environ.get("REFMARSHAL_REQUIRE_ACCEL"):
+        assert refmarshal.accelerator_available()
+    assert refmarshal.Image.__module__ == "refmarshal"
+
+
+@pytest.mark.parametrize("name,path", STDLIB[::3], ids=[n for n, _ in STDLIB[::3]])
+def test_stdlib_module_in_place(stdlib_image, name, path):
+    img_path, result = stdlib_image
+    if name in {n for n, _, _ in result.skipped}:
+        assert not corpus.compiles(path)
+        return
+    img = _accel(img_path)
+    code = img.get_code(name)
+    assert img.get_code(name) is code
+    assert same_code(code, compiled(path))
+    ref = refmarshal.Image(img_path, implementation="reference").get_code(name) \
+        if name.endswith(("os", "json.decoder")) else None
+    assert ref is None or same_code(code, ref)
+    for co in walk(code):
+        assert img.owns(co) and (img.owns(co.co_consts) or co.co_consts is ())
+    assert not img.owns(compiled(path))
+
+
+def test_whole_stdlib_loads_and_matches(stdlib_image):
+    img_path, result = stdlib_image
+    img = refmarshal.Image(img_path, implementation="accel")
+    codes = {n: img.get_code(n) for n in img.names()}
+    assert len(codes) == len(result.modules)
+    bad = [n for n, c in codes.items() if not same_code(c, compiled(img.entry(n).path))]
+    assert bad == []
+
+
+def test_third_party_in_place(third_party_image):
+    img = refmarshal.Image(third_party_image[0], implementation="accel")
+    for n in img.names():
+        assert same_code(img.get_code(n), compiled(img.entry(n).path)), n
+
+
+def test_relocated_mapping_gives_the_same_code(small_image):
+    first = refmarshal.Image(small_image, implementation="accel")
+    first.get_code("kinds")
+    second = refmarshal.Image(small_image, implementation="accel")   # preferred base is taken
+    assert not first.relocated and second.relocated
+    for n in second.names():
+        a, b = first.get_code(n), second.get_code(n)
+        assert a is not b and second.owns(b) and same_code(a, b)
+        assert same_code(b, compiled(second.entry(n).path))
+
+
+def test_loaded_code_runs(small_image):
+    img = refmarshal.Image(small_image, implementation="accel")
+    ns = {"__name__": "kinds"}
+    exec(img.get_code("kinds"), ns)
+    assert ns["BIG"] == 2 ** 100 and ns["NEG"] == -(2 ** 70) and ns["C"] == 2.5j
+    assert ns["S1"] == "\u20ac\u00e9\U0001f600 mixed kinds" and len(ns["S4"]) == 34
+    assert ns["g"]("p", 2, 3, 0, c=4) == [6] and ns["g"]("z", c=1) == ("z", 2)
+    assert ns["K"]().m() is ns["K"]
+    assert ns["T"] == (1, "two", (3.0, None, True, False), ()) and ns["T"][3] is ()
+    assert ns["NEGSMALL"] is -5 and ns["E"] is Ellipsis and ns["B1"] is b"x"
+    assert ns["g"].__defaults__ == ((1, 2),)
+    assert ns["g"].__kwdefaults__["d"] == frozenset({"x", 1, 2.5})
+
+
+SCRIPT = textwrap.dedent('''
+    import sys, dis, inspect, traceback, refmarshal
+    img = refmarshal.Image(sys.argv[1], implementation="accel")
+    src = sys.argv[2]
+    code = img.get_code("prog")
+    assert img.owns(code)
+    ns = {"__name__": "prog", "__file__": src}
+    exec(code, ns)
+    # generators, coroutines, closures, comprehensions, exceptions with correct lines
+    assert list(ns["gen"](3)) == [0, 1, 4]
+    import asyncio
+    assert asyncio.run(ns["coro"](2)) == 4
+    assert ns["closure"]()() == 11
+    try:
+        ns["fails"]()
+    except ZeroDivisionError:
+        tb = traceback.extract_tb(sys.exc_info()[2])
+        assert tb[-1].lineno == ns["FAIL_LINE"] and tb[-1].filename == src, tb
+    # tracing sees the same lines as for compile()'s code
+    def lines_of(fn):
+        seen = []
+        def tracer(frame, event, arg):
+            if event == "line":
+                seen.append(frame.f_lineno)
+            return tracer
+        sys.settrace(tracer)
+        try:
+            fn(5)
+        finally:
+            sys.settrace(None)
+        return seen
+    ref = {}
+    exec(compile(open(src, "rb").read(), src, "exec"), ref)
+    assert lines_of(ns["loop"]) == lines_of(ref["loop"]) and lines_of(ns["loop"])
+    if hasattr(sys, "monitoring"):
+        m = sys.monitoring
+        m.use_tool_id(3, "refmarshal-test")
+        events = []
+        m.register_callback(3, m.events.LINE, lambda code, line: events.append(line))
+        m.set_events(3, m.events.LINE)
+        ns["loop"](2)
+        m.set_events(3, 0)
+        m.free_tool_id(3)
+        assert events, "sys.monitoring saw no line events"
+    assert "RETURN" in dis.Bytecode(ns["loop"]).dis()
+    assert inspect.getsource(ns["loop"]).startswith("def loop")
+    for name in img.names():
+        img.get_code(name)
+    print("ok")
+''')
+
+PROG = textwrap.dedent('''
+    def gen(n):
+        for i in range(n):
+            yield i * i
+    async def coro(x):
+        return x * 2
+    def closure():
+        v = 10
+        def inner():
+            return lambda: v + 1
+        return inner()
+    FAIL_LINE = 14  # the source starts with an empty line
+    def fails():
+        return 1 / 0
+    def loop(n):
+        total = 0
+        for i in range(n):
+            total += i
+        return total
+''')
+
+
+@pytest.mark.parametrize("env", [{}, {"PYTHONDEVMODE": "1"}, {"PYTHONMALLOC": "debug"}],
+                         ids=["plain", "dev", "mallocdebug"])
+def test_subprocess_behaviour_and_clean_exit(tmp_path, env):
+    src = tmp_path / "prog.py"
+    src.write_text(PROG)
+    img = tmp_path / "p.img"
+    refmarshal.build(img, [("prog", src)] + corpus.stdlib_modules()[:60])
+    r = subprocess.run([sys.executable, "-c", SCRIPT, str(img), str(src)],
+                       capture_output=True, text=True, env=dict(os.environ, **env), timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip() == "ok"
+
+
+SEED = int(os.environ.get("REFMARSHAL_TEST_SEED", random.randrange(1 << 30)))
+
+
+def test_corrupted_images_raise_and_never_crash(small_image, tmp_path):
+    """Runs in a child process so that a crash shows as a failure with the seed, not a dead run."""
+    script = textwrap.dedent('''
+        import random, sys, refmarshal
+        from refmarshal import ImageError
+        data = open(sys.argv[1], "rb").read()
+        rng = random.Random(int(sys.argv[2]))
+        bad = sys.argv[3]
+        cases = [data[:n] for n in range(0, len(data), 131)]
+        for _ in range(1200):
+            b = bytearray(data)
+            b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
+            cases.append(bytes(b))
+        import marshal
+        good = refmarshal.Image(sys.argv[1], implementation="reference")
+        expected = {n: marshal.dumps(good.get_code(n), 2) for n in good.names()}
+        detected = 0
+        import os
+        for i, c in enumerate(cases):
+            # a new file each time, as build() replaces images: rewriting a mapped file in
+            # place would change or truncate memory that earlier code objects live in
+            if os.path.exists(bad):
+                os.unlink(bad)
+            open(bad, "wb").write(c)
+            try:
+                img = refmarshal.Image(bad, implementation="accel")
+                got = {n: marshal.dumps(img.get_code(n), 2) for n in img.names()}
+            except (ImageError, KeyError, UnicodeDecodeError):
+                detected += 1
+                continue
+            # The accelerator does not read padding between sections: a change there is
+            # harmless, and must then give exactly the right code.
+            if got != expected:
+                print("undetected and wrong", i)
+                sys.exit(1)
+        assert detected > 0.8 * len(cases), detected
+        print("ok", len(cases), detected)
+    ''')
+    r = subprocess.run([sys.executable, "-c", script, str(small_image), str(SEED),
+                        str(tmp_path / "bad.img")], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, f"seed {SEED}: {r.stdout[-500:]} {r.stderr[-2000:]}"
+    assert r.stdout.startswith("ok")
+
+
+def test_errors_are_image_errors(tmp_path):
+    with pytest.raises(ImageError, match="cannot open"):
+        refmarshal.Image(tmp_path / "missing.img", implementation="accel")
+    (tmp_path / "short.img").write_bytes(b"\x89RMI\r\n\x1a\n")
+    with pytest.raises(ImageError, match="truncated"):
+        refmarshal.Image(tmp_path / "short.img", implementation="accel")
