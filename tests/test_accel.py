@@ -172,7 +172,8 @@ def test_subprocess_behaviour_and_clean_exit(tmp_path, env):
     img = tmp_path / "p.img"
     refmarshal.build(img, [("prog", src)] + corpus.stdlib_modules()[:60])
     r = subprocess.run([sys.executable, "-c", SCRIPT, str(img), str(src)],
-                       capture_output=True, text=True, env=dict(os.environ, **env), timeout=300)
+                       capture_output=True, text=True, env=dict(os.environ, **env), timeout=300,
+                       cwd=tmp_path)   # not the source tree: the installed package is tested
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.strip() == "ok"
 
@@ -219,7 +220,8 @@ def test_corrupted_images_raise_and_never_crash(small_image, tmp_path):
         print("ok", len(cases), detected)
     ''')
     r = subprocess.run([sys.executable, "-c", script, str(small_image), str(SEED),
-                        str(tmp_path / "bad.img")], capture_output=True, text=True, timeout=600)
+                        str(tmp_path / "bad.img")], capture_output=True, text=True, timeout=600,
+                       cwd=tmp_path)
     assert r.returncode == 0, f"seed {SEED}: {r.stdout[-500:]} {r.stderr[-2000:]}"
     assert r.stdout.startswith("ok")
 

@@ -78,7 +78,7 @@ def _build_in_fresh_process(out, entries):
               "refmarshal.build(sys.argv[1], [a.split('=', 1) for a in sys.argv[2:]])")
     env = dict(os.environ, PYTHONHASHSEED=str(abs(hash(out)) % 4000))
     subprocess.run([sys.executable, "-c", script, out, *(f"{n}={p}" for n, p in entries)],
-                   check=True, env=env)
+                   check=True, env=env, cwd=os.path.dirname(out))
     with open(out, "rb") as fh:
         return fh.read()
 
