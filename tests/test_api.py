@@ -1,5 +1,8 @@
 """The Python API later issues and tests rely on ([API-1])."""
 
+import subprocess
+import sys
+
 import pytest
 
 import refmarshal
@@ -17,11 +20,27 @@ def test_forcing_an_implementation(small_image):
         refmarshal.Image(small_image, implementation="bogus")
 
 
-@pytest.mark.skipif(refmarshal.accelerator_available(), reason="accelerator is built here")
-def test_auto_falls_back_to_reference_without_accelerator(small_image):
-    assert refmarshal.Image(small_image).implementation == "reference"
-    with pytest.raises(ImportError):
-        refmarshal.Image(small_image, implementation="accel")
+def test_auto_falls_back_to_reference_without_accelerator(small_image, tmp_path):
+    """With the accelerator's extension unimportable, "auto" gives the reference reader."""
+    script = (
+        "import sys, importlib.abc\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'refmarshal._accel._loader':\n"
+        "            raise ImportError('blocked for the test')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import refmarshal\n"
+        "assert not refmarshal.accelerator_available()\n"
+        "img = refmarshal.Image(sys.argv[1])\n"
+        "assert img.implementation == 'reference'\n"
+        "assert img.get_code('kinds').co_name == '<module>'\n"
+        "try:\n"
+        "    refmarshal.Image(sys.argv[1], implementation='accel')\n"
+        "except ImportError:\n"
+        "    print('ok')\n")
+    r = subprocess.run([sys.executable, "-c", script, str(small_image)], capture_output=True,
+                       text=True, cwd=tmp_path)
+    assert r.stdout.strip() == "ok", r.stderr
 
 
 def test_build_skips_and_counts_bad_sources(tmp_path):

@@ -62,17 +62,33 @@ struct rm_image {
 static PyObject *inbox;           /* a Python list: rm_load_module appends the code object */
 static PyObject *singletons[C_END];
 
-static uint32_t crc_table[256];
+/* CRC-32 as zlib computes it ([CONV-5]), slice-by-8: checking a module's bytes is most of
+   the work of loading it, so this is the hot loop. */
+static uint32_t crc_tab[8][256];
 static uint32_t crc32_update(uint32_t crc, const unsigned char *p, size_t n) {
-    if (!crc_table[1]) {
+    if (!crc_tab[0][1]) {
         for (uint32_t i = 0; i < 256; i++) {
             uint32_t c = i;
             for (int k = 0; k < 8; k++) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-            crc_table[i] = c;
+            crc_tab[0][i] = c;
         }
+        for (uint32_t i = 0; i < 256; i++)
+            for (int t = 1; t < 8; t++)
+                crc_tab[t][i] = (crc_tab[t - 1][i] >> 8) ^ crc_tab[0][crc_tab[t - 1][i] & 0xFF];
     }
     crc = ~crc;
-    while (n--) crc = crc_table[(crc ^ *p++) & 0xFF] ^ (crc >> 8);
+    while (n && ((uintptr_t)p & 7)) { crc = crc_tab[0][(crc ^ *p++) & 0xFF] ^ (crc >> 8); n--; }
+    while (n >= 8) {            /* little-endian only, as the fingerprint guarantees here */
+        uint64_t v;
+        memcpy(&v, p, 8);
+        v ^= crc;
+        crc = crc_tab[7][v & 0xFF] ^ crc_tab[6][(v >> 8) & 0xFF] ^ crc_tab[5][(v >> 16) & 0xFF]
+            ^ crc_tab[4][(v >> 24) & 0xFF] ^ crc_tab[3][(v >> 32) & 0xFF]
+            ^ crc_tab[2][(v >> 40) & 0xFF] ^ crc_tab[1][(v >> 48) & 0xFF] ^ crc_tab[0][v >> 56];
+        p += 8;
+        n -= 8;
+    }
+    while (n--) crc = crc_tab[0][(crc ^ *p++) & 0xFF] ^ (crc >> 8);
     return ~crc;
 }
 
