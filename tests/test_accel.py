@@ -186,20 +186,23 @@ def test_corrupted_images_raise_and_never_crash(small_image, tmp_path):
     script = textwrap.dedent('''
         import random, sys, refmarshal
         from refmarshal import ImageError
+        import marshal, os, struct
         data = open(sys.argv[1], "rb").read()
         rng = random.Random(int(sys.argv[2]))
         bad = sys.argv[3]
-        cases = [data[:n] for n in range(0, len(data), 131)]
+        sections = [struct.unpack_from("<QQ", data, 48 + 16 * i) for i in range(6)]
+        def in_padding(pos):      # bytes no section holds: the accelerator never reads them
+            return pos >= 256 and not any(o <= pos < o + n for o, n in sections)
+        cases = [(data[:n], None) for n in range(0, len(data), 131)]
         for _ in range(1200):
             b = bytearray(data)
-            b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
-            cases.append(bytes(b))
-        import marshal
+            pos = rng.randrange(len(b))
+            b[pos] ^= 1 << rng.randrange(8)
+            cases.append((bytes(b), pos))
         good = refmarshal.Image(sys.argv[1], implementation="reference")
         expected = {n: marshal.dumps(good.get_code(n), 2) for n in good.names()}
         detected = 0
-        import os
-        for i, c in enumerate(cases):
+        for i, (c, pos) in enumerate(cases):
             # a new file each time, as build() replaces images: rewriting a mapped file in
             # place would change or truncate memory that earlier code objects live in
             if os.path.exists(bad):
@@ -211,12 +214,9 @@ def test_corrupted_images_raise_and_never_crash(small_image, tmp_path):
             except (ImageError, KeyError, UnicodeDecodeError):
                 detected += 1
                 continue
-            # The accelerator does not read padding between sections: a change there is
-            # harmless, and must then give exactly the right code.
-            if got != expected:
-                print("undetected and wrong", i)
+            if pos is None or not in_padding(pos) or got != expected:
+                print("undetected", i, pos)
                 sys.exit(1)
-        assert detected > 0.8 * len(cases), detected
         print("ok", len(cases), detected)
     ''')
     r = subprocess.run([sys.executable, "-c", script, str(small_image), str(SEED),
