@@ -132,9 +132,10 @@ def preferred_base(key):
 
 
 def check_header(hdr, file_size):
-    """Check what the 256 header bytes alone can show ([HDR-1..9]); returns its fields.
+    """Check what the 256 header bytes alone can show ([HDR-1..9], [SEC-2]); returns its fields
+    and the section table.
     Shared by the reference reader and the accelerator's Python side."""
-    (magic, major, minor, hsize, fsize, base, nmod, nstr, crc, flags, _sections,
+    (magic, major, minor, hsize, fsize, base, nmod, nstr, crc, flags, sect,
      fp) = HEADER.unpack(hdr)
     if magic != MAGIC:
         raise ImageError("not a refmarshal image (bad magic)")
@@ -155,5 +156,10 @@ def check_header(hdr, file_size):
         raise ImageError(f"reserved header flags set: {flags:#x}")
     if not (base % 0x4000_0000 == 0 and 0 < base < 1 << 47):
         raise ImageError(f"bad preferred base {base:#x}")
+    sections = [SECTION.unpack_from(sect, 16 * i) for i in range(len(SECTION_NAMES))]
+    if sections[0][1] != nmod * MODULE.size:
+        raise ImageError("directory size does not match module count")
+    if sections[2][1] != nstr * STRING.size:
+        raise ImageError("string index size does not match string count")
     return dict(base=base, modules=nmod, strings=nstr, optimize=flags & FLAG_OPTIMIZE_MASK,
-                fingerprint=fp)
+                fingerprint=fp, sections=sections)

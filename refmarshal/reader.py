@@ -27,6 +27,38 @@ class ModuleEntry:
             setattr(self, k, v)
 
 
+def read_entry(mem, sections, i):
+    """Directory entry i, its checksum and reserved fields checked ([DIR-1]); shared by the
+    reference reader and the accelerator.  Returns (name bytes, ModuleEntry)."""
+    doff, _ = sections[0]
+    noff, nsize = sections[1]
+    raw = bytes(mem[doff + i * F.MODULE.size:doff + (i + 1) * F.MODULE.size])
+    (crc, flags, n_off, n_len, p_off, p_len, mtime, size, seg_off, seg_size, root,
+     r_index, r_count, r_nonptr, dcrc) = F.MODULE.unpack(raw)
+    where = f"directory entry {i}"
+    _check(n_off + n_len <= nsize and p_off + p_len <= nsize,
+           f"{where}: name or path outside the names section")
+    name_b = bytes(mem[noff + n_off:noff + n_off + n_len])
+    path_b = bytes(mem[noff + p_off:noff + p_off + p_len])
+    _check(F.crc32(raw[4:], name_b, path_b) == crc, f"{where}: checksum mismatch")
+    _check(raw[72:80] == bytes(8), f"{where}: reserved bytes are not zero")
+    _check(flags & ~F.MOD_PACKAGE == 0, f"{where}: reserved flags set")
+    return name_b, ModuleEntry(
+        name=name_b.decode("utf-8"), path=os.fsdecode(path_b), mtime_ns=mtime, size=size,
+        is_package=bool(flags & F.MOD_PACKAGE), seg_off=seg_off, seg_size=seg_size,
+        root=root, reloc_index=r_index, reloc_count=r_count, reloc_nonptr=r_nonptr,
+        data_crc=dcrc)
+
+
+def read_entry_name(mem, sections, i):
+    """Only the name bytes of directory entry i (for binary search: checked by read_entry)."""
+    doff, _ = sections[0]
+    noff, nsize = sections[1]
+    n_off, n_len = struct.unpack_from("<II", mem, doff + i * F.MODULE.size + 8)
+    _check(n_off + n_len <= nsize, f"directory entry {i}: name outside the names section")
+    return bytes(mem[noff + n_off:noff + n_off + n_len])
+
+
 def _check(cond, what):
     if not cond:
         raise ImageError(what)
@@ -36,8 +68,7 @@ def read_header(data, layout=None):
     """Validate the header and section table ([HDR-*], [SEC-*]); returns (fields, sections)."""
     _check(len(data) >= F.HEADER_SIZE, f"truncated: {len(data)} bytes is shorter than the header")
     fields = F.check_header(bytes(data[:F.HEADER_SIZE]), len(data))
-    fsize, sect = len(data), data[48:144]
-    sections = [F.SECTION.unpack_from(sect, 16 * i) for i in range(len(F.SECTION_NAMES))]
+    fsize, sections = len(data), fields["sections"]
     prev_end = F.HEADER_SIZE
     for name, (off, size) in zip(F.SECTION_NAMES, sections):
         need = F.PAGE if name in ("string_heap", "module_heap") else F.ALIGN
@@ -48,10 +79,6 @@ def read_header(data, layout=None):
         prev_end = off + size
     _check(prev_end == fsize, "data after the last section")
     _check(sections[5][1] % F.RELOC.size == 0, "relocation section size is not a multiple of 4")
-    _check(sections[0][1] == fields["modules"] * F.MODULE.size,
-           "directory size does not match module count")
-    _check(sections[2][1] == fields["strings"] * F.STRING.size,
-           "string index size does not match string count")
     return fields, sections
 
 
@@ -84,38 +111,26 @@ class ReferenceImage:
     # -- directory ([DIR-*]) --
     def _read_directory(self):
         data = self._data
-        (doff, dsize), (noff, nsize) = self.sections[0], self.sections[1]
         moff, msize = self.sections[4]
         roff, rsize = self.sections[5]
         entries, prev = [], None
         next_reloc, next_seg = 0, moff
         for i in range(self.header["modules"]):
-            raw = data[doff + i * F.MODULE.size:doff + (i + 1) * F.MODULE.size]
-            (crc, flags, n_off, n_len, p_off, p_len, mtime, size, seg_off, seg_size, root,
-             r_index, r_count, r_nonptr, dcrc) = F.MODULE.unpack(raw)
+            name_b, e = read_entry(data, self.sections, i)
             where = f"directory entry {i}"
-            _check(n_off + n_len <= nsize and p_off + p_len <= nsize,
-                   f"{where}: name or path outside the names section")
-            name_b = data[noff + n_off:noff + n_off + n_len]
-            path_b = data[noff + p_off:noff + p_off + p_len]
-            _check(F.crc32(raw[4:], name_b, path_b) == crc, f"{where}: checksum mismatch")
-            _check(raw[72:80] == bytes(8), f"{where}: reserved bytes are not zero")
-            _check(flags & ~F.MOD_PACKAGE == 0, f"{where}: reserved flags set")
-            _check(n_len > 0 and (prev is None or name_b > prev),
+            _check(e.name and (prev is None or name_b > prev),
                    f"{where}: names are not unique and sorted")
             prev = name_b
-            _check(seg_off % F.ALIGN == 0 and moff <= seg_off and seg_off + seg_size <= moff + msize,
+            _check(e.seg_off % F.ALIGN == 0 and moff <= e.seg_off
+                   and e.seg_off + e.seg_size <= moff + msize,
                    f"{where}: segment outside the module heap")
-            _check(root % F.ALIGN == 0 and root < seg_size, f"{where}: root outside its segment")
-            _check(r_nonptr <= r_count and r_index == next_reloc,
+            _check(e.root % F.ALIGN == 0 and e.root < e.seg_size,
+                   f"{where}: root outside its segment")
+            _check(e.reloc_nonptr <= e.reloc_count and e.reloc_index == next_reloc,
                    f"{where}: relocation records do not follow the previous module's")
-            _check(seg_off == next_seg, f"{where}: segment does not follow the previous one")
-            next_reloc, next_seg = r_index + r_count, seg_off + seg_size
-            entries.append(ModuleEntry(
-                name=name_b.decode("utf-8"), path=os.fsdecode(path_b), mtime_ns=mtime, size=size,
-                is_package=bool(flags & F.MOD_PACKAGE), seg_off=seg_off, seg_size=seg_size,
-                root=root, reloc_index=r_index, reloc_count=r_count, reloc_nonptr=r_nonptr,
-                data_crc=dcrc))
+            _check(e.seg_off == next_seg, f"{where}: segment does not follow the previous one")
+            next_reloc, next_seg = e.reloc_index + e.reloc_count, e.seg_off + e.seg_size
+            entries.append(e)
         _check(next_reloc * F.RELOC.size == rsize, "relocation records not owned by a module")
         _check(next_seg == moff + msize, "module heap bytes not owned by a module")
         return entries

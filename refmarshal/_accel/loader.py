@@ -6,13 +6,12 @@ one is checksummed); the module's bytes are checked and fixed up in C (rm_loader
 """
 
 import os
+import sys
 
 from .. import format as F
 from ..errors import ImageError
-from ..reader import ModuleEntry
+from ..reader import read_entry, read_entry_name
 from ._loader import ffi, lib
-
-import sys
 
 if lib.rm_python_version() >> 16 != sys.hexversion >> 16:
     raise ImportError("refmarshal accelerator was built for another Python version")
@@ -42,10 +41,7 @@ class AccelImage:
         self._mem = ffi.buffer(lib.rm_base(handle), self._size)
         try:
             self.header = F.check_header(bytes(self._mem[:F.HEADER_SIZE]), self._size)
-            sect = self._mem[48:144]
-            self.sections = [F.SECTION.unpack_from(sect, 16 * i) for i in range(6)]
-            if self.sections[0][1] != self.header["modules"] * F.MODULE.size:
-                raise ImageError("directory size does not match module count")
+            self.sections = self.header["sections"]
         except ImageError as exc:
             self._handle = None          # closed here, not again by __del__
             lib.rm_close(handle)
@@ -69,39 +65,26 @@ class AccelImage:
         return self._base <= id(obj) < self._base + self._size
 
     # -- directory ([DIR-1], [DIR-2]) --
-    def _entry_at(self, i):
-        doff, _ = self.sections[0]
-        noff, nsize = self.sections[1]
-        raw = self._mem[doff + i * F.MODULE.size:doff + (i + 1) * F.MODULE.size]
-        f = F.MODULE.unpack(raw)
-        n_off, n_len, p_off, p_len = f[2:6]
-        if n_off + n_len > nsize or p_off + p_len > nsize:
-            raise ImageError(f"directory entry {i}: name outside the names section")
-        return raw, f, self._mem[noff + n_off:noff + n_off + n_len], \
-            self._mem[noff + p_off:noff + p_off + p_len]
-
     def _find(self, name):
         key = name.encode("utf-8")
         lo, hi = 0, self.header["modules"]
-        while lo < hi:
-            mid = (lo + hi) // 2
-            raw, f, n, p = self._entry_at(mid)
-            if n == key:
-                if F.crc32(raw[4:], n, p) != f[0]:
-                    raise ImageError(f"{self.path}: directory entry {mid}: checksum mismatch")
-                return mid, ModuleEntry(
-                    name=name, path=os.fsdecode(p), mtime_ns=f[6], size=f[7],
-                    is_package=bool(f[1] & F.MOD_PACKAGE), seg_off=f[8], seg_size=f[9],
-                    root=f[10], reloc_index=f[11], reloc_count=f[12], reloc_nonptr=f[13],
-                    data_crc=f[14])
-            if n < key:
-                lo = mid + 1
-            else:
-                hi = mid
+        try:
+            while lo < hi:
+                mid = (lo + hi) // 2
+                n = read_entry_name(self._mem, self.sections, mid)
+                if n == key:
+                    return mid, read_entry(self._mem, self.sections, mid)[1]
+                if n < key:
+                    lo = mid + 1
+                else:
+                    hi = mid
+        except ImageError as exc:
+            raise ImageError(f"{self.path}: {exc}") from None
         raise KeyError(name)
 
     def names(self):
-        return [bytes(self._entry_at(i)[2]).decode("utf-8") for i in range(self.header["modules"])]
+        return [read_entry_name(self._mem, self.sections, i).decode("utf-8")
+                for i in range(self.header["modules"])]
 
     def entry(self, name):
         if name not in self._entries:
