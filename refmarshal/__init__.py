@@ -5,18 +5,27 @@ Public API (spec/ describes the format, docs/ the rest):
 ``build(path, entries)``   write an image of (module name, source path) pairs
 ``Image(path)``            open an image: ``.names()``, ``.get_code(name)``, ``.owns(obj)``
 ``ImageError``             raised for any malformed, foreign or unusable image
+
+Importing this package is cheap on purpose (the import hook runs at every interpreter start):
+the writer and the reference reader are imported only when first used.
 """
 
 from .errors import ImageError
-from .writer import build
 
 __all__ = ["ImageError", "Image", "build", "accelerator_available"]
+
+
+def __getattr__(name):
+    if name == "build":
+        from .writer import build
+        return build
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def accelerator_available():
     """True when the compiled accelerator imports and matches this interpreter."""
     try:
-        from ._accel import loader  # noqa: F401  (built by the accelerator issue)
+        from ._accel import loader  # noqa: F401
     except ImportError:
         return False
     return True
