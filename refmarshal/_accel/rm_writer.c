@@ -24,7 +24,16 @@
 #include "rm_writer.h"
 
 /* ---- Version differences: the one place for them (C writer) --------------------------- */
+#if PY_VERSION_HEX >= 0x030d0000 && PY_VERSION_HEX < 0x030e0000
+#  define NEED_OPCODE_METADATA                       /* a private copy of _PyOpcode_Caches */
+#  include "internal/pycore_opcode_metadata.h"
+#elif PY_VERSION_HEX >= 0x030c0000 && PY_VERSION_HEX < 0x030d0000
+#  define NEED_OPCODE_TABLES
+#  include "internal/pycore_opcode.h"
+#endif
+
 #if PY_VERSION_HEX >= 0x030c0000 && PY_VERSION_HEX < 0x030e0000
+#  include "internal/pycore_code.h"
 #  include "internal/pycore_long.h"
 #  define RM_REFCNT _Py_IMMORTAL_REFCNT                 /* [OBJ-6] immortal */
 #  define RM_DIGITS(o) ((Py_ssize_t)_PyLong_DigitCount((PyLongObject *)(o)))
@@ -40,6 +49,47 @@ static void reset_code_version(PyCodeObject *c) {
     c->_co_monitoring = NULL;
 #  if PY_VERSION_HEX >= 0x030d0000
     c->co_executors = NULL;
+#  endif
+}
+/* What _PyCode_Quicken() (Python/specialize.c) does to a new code object's co_code: the
+   first cache entry of each specialisable instruction gets its initial counter; 3.12 also
+   fuses some pairs into superinstructions. */
+static void quicken(_Py_CODEUNIT *instr, Py_ssize_t n) {
+#  if PY_VERSION_HEX >= 0x030d0000
+#    if ENABLE_SPECIALIZATION
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int opcode = instr[i].op.code, caches = _PyOpcode_Caches[opcode];
+        if (!caches) continue;
+        switch (opcode) {
+        case JUMP_BACKWARD: instr[i + 1].counter = initial_jump_backoff_counter(); break;
+        case POP_JUMP_IF_FALSE: case POP_JUMP_IF_TRUE:
+        case POP_JUMP_IF_NONE: case POP_JUMP_IF_NOT_NONE:
+            instr[i + 1].cache = 0x5555;                /* branch history: alternating bits */
+            break;
+        default: instr[i + 1].counter = adaptive_counter_warmup(); break;
+        }
+        i += caches;
+    }
+#    endif
+#  else
+    int opcode = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int previous = opcode;
+        opcode = instr[i].op.code;
+        int caches = _PyOpcode_Caches[opcode];
+        if (caches) {
+            instr[i + 1].cache = adaptive_counter_warmup();
+            i += caches;
+            continue;
+        }
+        switch (previous << 8 | opcode) {
+        case LOAD_CONST << 8 | LOAD_FAST: instr[i - 1].op.code = LOAD_CONST__LOAD_FAST; break;
+        case LOAD_FAST << 8 | LOAD_CONST: instr[i - 1].op.code = LOAD_FAST__LOAD_CONST; break;
+        case LOAD_FAST << 8 | LOAD_FAST: instr[i - 1].op.code = LOAD_FAST__LOAD_FAST; break;
+        case STORE_FAST << 8 | LOAD_FAST: instr[i - 1].op.code = STORE_FAST__LOAD_FAST; break;
+        case STORE_FAST << 8 | STORE_FAST: instr[i - 1].op.code = STORE_FAST__STORE_FAST; break;
+        }
+    }
 #  endif
 }
 #elif PY_VERSION_HEX >= 0x030b0000 && PY_VERSION_HEX < 0x030c0000
@@ -60,6 +110,8 @@ static void reset_code_version(PyCodeObject *c) {
     c->_co_code = NULL;
     c->_co_linearray = NULL;
 }
+/* 3.11 quickens only once a code object has warmed up: a new one holds co_code itself. */
+static void quicken(_Py_CODEUNIT *instr, Py_ssize_t n) { (void)instr; (void)n; }
 #else
 #  error "refmarshal supports CPython 3.11-3.13"
 #endif
@@ -356,6 +408,21 @@ static int convert_ref(rm_enc *e, PyObject **word, char *err, int errlen) {
     return set_word(e, word, e->seg_addr + v, R_PTR);
 }
 
+/* [OBJ-8] co_code_adaptive as a new code object has it, whatever the live one has been
+   through (specialised while running, instrumented for sys.monitoring): CPython's own
+   de-specialised, de-instrumented co_code, quickened as init_code() does. */
+static int fresh_adaptive(PyCodeObject *c, PyObject *live) {
+    PyObject *code = PyCode_GetCode((PyCodeObject *)live);
+    if (!code) return -1;
+    int ok = PyBytes_GET_SIZE(code) == 2 * Py_SIZE(live);
+    if (ok) {
+        memcpy(c->co_code_adaptive, PyBytes_AS_STRING(code), PyBytes_GET_SIZE(code));
+        quicken((_Py_CODEUNIT *)c->co_code_adaptive, Py_SIZE(live));
+    }
+    Py_DECREF(code);
+    return ok ? 0 : -1;
+}
+
 static void reset_code(PyCodeObject *c) {
     c->co_weakreflist = NULL;
     c->co_extra = NULL;
@@ -387,6 +454,10 @@ static int encode_item(rm_enc *e, const rm_item *it, char *err, int errlen) {
         for (size_t i = 0; i < N_CODE_REFS; i++)
             if (convert_ref(e, (PyObject **)(dst + code_refs[i]), err, errlen) < 0) return -1;
         reset_code((PyCodeObject *)d);
+        if (fresh_adaptive((PyCodeObject *)d, it->obj) < 0) {
+            snprintf(err, errlen, "cannot get a code object's bytecode");
+            return -1;
+        }
         break;
     }
     return 0;
