@@ -74,6 +74,7 @@ struct rm_image {
     uint64_t dir_off, names_off, names_size, sidx_off, sheap_off, sheap_size,
              mheap_off, mheap_size, rel_off, rel_size;
     unsigned char *chunk_ready;   /* per CHUNK: 1 once read from the file */
+    uint64_t bytes_read;          /* how much of the file has been read so far */
     PyObject **strings;           /* resolved strings, by index (NULL: not yet) */
     unsigned char *state;         /* per module: 0 not loaded, 1 loaded, 2 failed */
     int pinned;                   /* something in the region was handed to the interpreter
@@ -257,6 +258,7 @@ static int ensure(rm_image *img, uint64_t off, uint64_t len, char *err, int errl
                 return -1;
             }
             from += (uint64_t)got;
+            img->bytes_read += (uint64_t)got;
         }
         memset(img->chunk_ready + c, 1, run - c);
         c = run;
@@ -366,6 +368,7 @@ const unsigned char *rm_base(rm_image *img) { return img->base; }
 unsigned long long rm_size(rm_image *img) { return img->size; }
 int rm_relocated(rm_image *img) { return (uint64_t)(uintptr_t)img->base != img->preferred; }
 unsigned int rm_module_count(rm_image *img) { return img->nmodules; }
+unsigned long long rm_bytes_read(rm_image *img) { return img->bytes_read; }
 
 /* ---- Directory ([DIR-1], [DIR-2]) -------------------------------------------------------- */
 /* Entry i's name, bounds-checked (not yet checksummed): for binary search. */
