@@ -324,7 +324,7 @@ def encode_image(layout, modules, optimize):
         seg = _Segment(layout, strings)
         seg.place(modules[n][4])
         segments.append(seg)
-    keys = order_strings(strings)
+    keys = list(strings)         # [STR-2] in order of first use (dicts keep insertion order)
     for i, k in enumerate(keys):
         strings[k] = i
 
@@ -337,11 +337,6 @@ def encode_image(layout, modules, optimize):
 
     return assemble_image(names, modules, [(k[1], encode_str(layout, k[0])) for k in keys],
                           encode_segment, optimize)
-
-
-def order_strings(strings):
-    """[STR-2] the string table's keys, (value, interned), in canonical order."""
-    return sorted(strings, key=lambda k: (k[0].encode("utf-8", "surrogatepass"), k[1]))
 
 
 def assemble_image(names, modules, string_objs, encode_segment, optimize):

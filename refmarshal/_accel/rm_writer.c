@@ -7,8 +7,8 @@
  * (relocation records), caches, padding.  If the spec's tables disagree with the compiler's
  * layout, this writer's bytes differ from the reference writer's: that is what it is for.
  *
- * Python decides the order of the string table and assembles the file (refmarshal/_accel/
- * writer.py); C places each module's objects and encodes every object.  Objects travel
+ * C places each module's objects (and so orders the string table) and encodes every object;
+ * Python assembles the file (refmarshal/_accel/writer.py).  Objects travel
  * through a bound Python list, as in rm_loader.c.  cffi releases the GIL: every entry point
  * takes it.
  */

@@ -3,11 +3,12 @@
 
 It must give exactly the bytes of the reference writer (refmarshal/writer.py), which packs
 each field from the spec's tables: equal images show the spec describes CPython's real
-memory layout.  Python orders the string table and assembles the file with the reference
-writer's own code; C places each module's objects and encodes all of them.
+memory layout.  C places each module's objects (which also orders the string table) and
+encodes all of them; Python assembles the file with the reference writer's own code.
 
-Code objects must be fresh from ``compile()`` (never run): ``co_code_adaptive`` is copied as
-it is, and the spec stores the bytes a freshly created code object has ([OBJ-8]).
+Code objects may have run: ``co_code_adaptive`` is rebuilt from CPython's de-specialised
+bytecode.  What a running program can change and no writer can undo: a constant string
+interned at run time (``setattr(o, "a b", v)``) is stored as interned ([STR-4]).
 """
 
 import marshal
@@ -36,7 +37,7 @@ def encode_image_native(layout, modules, optimize):
         raise ImageError(f"the C writer writes only the running interpreter's layout")
     names = sorted(modules, key=lambda n: n.encode("utf-8"))            # [DIR-2]
     err = ffi.new("char[]", _ERRLEN)
-    found = {}                     # (str, interned) -> a live str with that value
+    found = {}       # (str, interned) -> a live str with that value, in order of first use
     plans = []
     try:
         for n in names:
@@ -45,7 +46,7 @@ def encode_image_native(layout, modules, optimize):
             if plan == ffi.NULL:
                 raise ImageError(f"module {n}: {ffi.string(err).decode(errors='replace')}")
             plans.append(plan)
-        keys = R.order_strings(found)
+        keys = list(found)                                          # [STR-2]
         index = {k: i for i, k in enumerate(keys)}
         strings = _encode_strings([found[k] for k in keys], err)
 
