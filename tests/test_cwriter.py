@@ -86,7 +86,7 @@ def test_every_kind_of_object_is_byte_identical(tmp_path):
 
 
 # Code that specialises while it runs: loops, attribute and global loads, calls, binary ops,
-# comparisons, unpacking, and a frozenset of tuples of strings (the compiler interns those).
+# comparisons, unpacking, and a frozenset of tuples of strings.
 _RUNNING = '''\
 import sys
 class P:

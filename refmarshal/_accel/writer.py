@@ -86,17 +86,8 @@ def _frozenset_tuple(fs):
 
 def _frozenset_key(item):
     # The reference writer's key (writer._frozenset_key) for a live item.  A set holds no two
-    # equal strings, so the interned flag never decides and is left out.
+    # equal strings, so the interned flag never decides and is left out; marshal format 2
+    # writes no interned state either, so live strings the compiler interned sort as values.
     if type(item) is str:
         return (1, item.encode("utf-8", "surrogatepass"))
-    return (0, marshal.dumps(_uninterned(item), 2))
-
-
-def _uninterned(v):
-    """The value with every string a fresh, un-interned copy, as the reference writer's graph
-    holds them: marshal writes a string's interned state, and the compiler interns some."""
-    if type(v) is str:
-        return v.encode("utf-8", "surrogatepass").decode("utf-8", "surrogatepass")
-    if type(v) is tuple:
-        return tuple(_uninterned(i) for i in v)
-    return v
+    return (0, marshal.dumps(item, 2))
