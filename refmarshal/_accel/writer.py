@@ -13,6 +13,7 @@ interned at run time (``setattr(o, "a b", v)``) is stored as interned ([STR-4]).
 
 import marshal
 import sys
+import threading
 
 from .. import writer as R
 from ..errors import ImageError
@@ -21,8 +22,10 @@ from ._loader import ffi, lib
 if lib.rm_python_version() >> 16 != sys.hexversion >> 16:
     raise ImportError("refmarshal accelerator was built for another Python version")
 
-# Objects travel to and from C through this list (cffi has no PyObject* arguments).
+# Objects travel to and from C through this list (cffi has no PyObject* arguments); one
+# image is encoded at a time, so two threads never fill it at once.
 _box = []
+_box_lock = threading.Lock()
 if lib.rm_writer_bind(__name__.encode(), b"_box") != 0:
     raise ImportError("refmarshal accelerator: cannot bind the writer's list")
 
@@ -31,10 +34,15 @@ _ERRLEN = 256
 
 def encode_image_native(layout, modules, optimize):
     """The bytes of an image of ``modules``: name -> (path, mtime_ns, size, is_pkg, code),
-    ``code`` a live code object as ``compile()`` returned it.  Mirrors
+    ``code`` a live code object (it may have run).  Mirrors
     ``refmarshal.writer.encode_image``, which takes the module's graph instead."""
+    with _box_lock:
+        return _encode_image(layout, modules, optimize)
+
+
+def _encode_image(layout, modules, optimize):
     if layout.version != sys.version_info[:2]:
-        raise ImageError(f"the C writer writes only the running interpreter's layout")
+        raise ImageError("the C writer writes only the running interpreter's layout")
     names = sorted(modules, key=lambda n: n.encode("utf-8"))            # [DIR-2]
     err = ffi.new("char[]", _ERRLEN)
     found = {}       # (str, interned) -> a live str with that value, in order of first use
