@@ -101,14 +101,14 @@ def work(n):
         a, b = divmod(p.get(), 3)
         total += a * b - len(seen)
         if (str(b), "k") in {("0", "k"), ("1", "k"), ("a b", "k")}:
-            seen.append(b)
+            seen.append("caf\u00e9 \u20ac")
         elif i > 10 ** 20:
             raise ValueError("never")
     return total, sys.maxsize > 2 ** 40
 '''
 
 _DIRTY = textwrap.dedent('''\
-    import gc, os, sys, weakref
+    import codecs, sys, weakref
     sys.path.insert(0, sys.argv[1])
     from refmarshal import layouts, writer as R
     from refmarshal.graph import walk_code
@@ -126,6 +126,11 @@ _DIRTY = textwrap.dedent('''\
         for k in c.co_consts + c.co_names + c.co_varnames:
             if isinstance(k, (str, bytes)):
                 hash(k)
+            if isinstance(k, str):
+                try:
+                    codecs.lookup(k)                        # caches its UTF-8 form
+                except LookupError:
+                    pass
     ns = {"__name__": "m"}
     def tracer(frame, event, arg):
         return tracer
