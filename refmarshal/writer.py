@@ -93,8 +93,8 @@ class _Segment:
 
     # -- placement: pre-order, depth first, children in field order ([OBJ-2]) --
     def place(self, v):
-        if F.singleton_id(_as_const(v)) is not None or type(v) is Str:
-            if type(v) is Str and F.singleton_id(v.value) is None:
+        if type(v) is Str or _const_id(v) is not None:
+            if type(v) is Str and _const_id(v) is None:
                 self.strings.setdefault(v.key(), None)
             return
         if type(v) is FrozenSet:
@@ -152,7 +152,7 @@ class _Segment:
 
     def _ref(self, v, buf, slot, relocs, seg_file_off, base):
         """Write the value of a pointer slot and record how the loader resolves it."""
-        cid = F.singleton_id(_as_const(v))
+        cid = _const_id(v)
         if cid is not None:
             struct.pack_into("<Q", buf, slot, cid)
             relocs.append((slot // 8, F.R_CONST))
@@ -258,9 +258,15 @@ def derived_code_fields(layout, names, kinds, stacksize, co_code):
     return out
 
 
-def _as_const(v):
-    """The plain value a node stands for when it might be a singleton (strings included)."""
-    return v.value if type(v) is Str else v
+def _const_id(v):
+    """The R_CONST id of a node, or None when it is stored ([OBJ-5]).  A one-character str the
+    compiler interned is not the latin-1 singleton: in 3.11 and 3.12 interning keeps a separate
+    object, so it is stored as a string and interned at load."""
+    if type(v) is Str:
+        if v.interned and len(v.value) == 1:
+            return None
+        return F.singleton_id(v.value)
+    return F.singleton_id(v)
 
 
 # ---------------------------------------------------------------------------------------

@@ -309,3 +309,24 @@ def test_image_truncated_while_in_use_fails_cleanly(tmp_path):
     r = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True,
                        cwd=tmp_path, timeout=300)
     assert r.returncode == 0 and r.stdout.startswith("ok"), r.stderr[-2000:]
+
+
+def _is_interned(s):
+    """Without interning anything: marshal format 3 writes 't' for an interned str, 'u'
+    otherwise (format 2, which same_code uses, does not record it); FLAG_REF is masked."""
+    import marshal
+    return marshal.dumps(s, 3)[0] & 0x7F == ord("t")
+
+
+def test_names_are_the_interned_strings(stdlib_image):
+    """[LOAD-2], [OBJ-5]: every name a code object holds is interned, as compile() and marshal
+    make them; in 3.11 and 3.12 that includes one-character names, whose interned object is not
+    the latin-1 singleton."""
+    img = _accel(stdlib_image[0])
+    checked = 0
+    for name in img.names()[::5]:
+        for co in walk(img.get_code(name)):
+            for s in co.co_names + co.co_varnames + co.co_cellvars + co.co_freevars:
+                assert _is_interned(s) and sys.intern(s) is s, (name, co.co_qualname, s)
+                checked += 1
+    assert checked > 10000

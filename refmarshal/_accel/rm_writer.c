@@ -154,6 +154,8 @@ static long singleton_id(PyObject *o) {
     if (t == &PyUnicode_Type) {
         Py_ssize_t n = PyUnicode_GET_LENGTH(o);
         if (n == 0) return 6;
+        /* an interned one-character str is stored: in 3.11 and 3.12 it is not the singleton */
+        if (n == 1 && PyUnicode_CHECK_INTERNED(o)) return -1;
         Py_UCS4 c = n == 1 ? PyUnicode_READ_CHAR(o, 0) : 256;
         return c < 256 ? C_LATIN1 + (long)c : -1;
     }
