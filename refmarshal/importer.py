@@ -75,7 +75,10 @@ class ImageFinder:
         return False
 
     def find_spec(self, fullname, path=None, target=None):
-        if self.disabled or fullname in self._failed:
+        if self.disabled:
+            return None
+        if fullname in self._failed:
+            self.fallbacks += 1
             return None
         try:
             entry = self.image.entry(fullname)
