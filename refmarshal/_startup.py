@@ -1,4 +1,5 @@
-"""What the ``refmarshal.pth`` line runs at every interpreter start: install the image finder.
+"""What the ``refmarshal.pth`` line runs at every interpreter start: put the image finder in
+place (lazily: the image is opened at the first import, see importer.PendingFinder).
 
 Environment: ``REFMARSHAL=0`` turns it off, ``REFMARSHAL_IMAGE=path`` uses another image than
 the environment's default, ``REFMARSHAL_UNCHECKED=1`` trusts the image (no per-module stat).
@@ -15,14 +16,19 @@ def run(image=None):
     try:
         from .importer import install
         install(env.get("REFMARSHAL_IMAGE") or image,
-                checked=env.get("REFMARSHAL_UNCHECKED") != "1")
+                checked=env.get("REFMARSHAL_UNCHECKED") != "1", lazy=True)
     except Exception as exc:   # e.g. -W error made our warning an exception: still say it
-        try:
-            import sys
-            text = str(exc)
-            if not text.startswith("refmarshal: "):
-                text = f"refmarshal: start-up hook failed ({type(exc).__name__}: {exc}); " \
-                       "imports go on as stock"
-            sys.stderr.write(text + "\n")
-        except Exception:
-            pass
+        report(exc)
+
+
+def report(exc):
+    """Say on stderr, once, what stopped the hook; never raise."""
+    try:
+        import sys
+        text = str(exc)
+        if not text.startswith("refmarshal: "):
+            text = f"refmarshal: start-up hook failed ({type(exc).__name__}: {exc}); " \
+                   "imports go on as stock"
+        sys.stderr.write(text + "\n")
+    except Exception:
+        pass

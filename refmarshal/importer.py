@@ -24,7 +24,7 @@ from .errors import ImageError, RefmarshalWarning
 PTH_NAME = "refmarshal.pth"
 
 __all__ = ["install", "uninstall", "default_image_path", "pth_text", "PTH_NAME", "ImageFinder",
-           "ImageLoader"]
+           "ImageLoader", "PendingFinder"]
 
 
 def default_image_path():
@@ -143,52 +143,133 @@ class ImageLoader(SourceFileLoader):
         return super().get_code(fullname)
 
 
-def _decline(path, reason):
-    _warn(f"{path}: {reason}", stacklevel=4)   # attributed to install's caller
+class PendingFinder:
+    """Holds an ImageFinder's place, for the start-up hook, until the first import reaches
+    it; then installs the real finder in its place.  Importing the accelerator and opening
+    the image are paid by programs that import something, and ``python -c pass`` pays
+    almost nothing."""
+
+    # site imports these at every start, after the .pth files; stock import serves them
+    # (usually: finds that they do not exist) without waking the image up
+    _STARTUP_NAMES = frozenset({"sitecustomize", "usercustomize"})
+
+    def __init__(self, path, checked):
+        self.path = path
+        self.checked = checked
+        self.done = False
+
+    def __repr__(self):
+        return f"<refmarshal.PendingFinder {self.path!r}{' (done)' if self.done else ''}>"
+
+    def find_spec(self, fullname, path=None, target=None):
+        if self.done or fullname in self._STARTUP_NAMES:
+            return None
+        self.done = True            # the imports made while installing pass by
+        try:
+            finder = install(self.path, checked=self.checked)
+        except Exception as exc:    # -W error made our warning an exception: still say it
+            from ._startup import report
+            report(exc)
+            finder = None
+        if fullname in sys.modules:  # installing imported it (e.g. importlib for runpy)
+            return _already_imported(sys.modules[fullname])
+        return None if finder is None else finder.find_spec(fullname, path, target)
+
+
+class _AlreadyImported:
+    """The loader that hands the import system a module imported while it was still looking
+    for it (by installing the finder), instead of executing it a second time."""
+
+    def __init__(self, module, spec):
+        self.module = module
+        self.spec = spec
+
+    def create_module(self, spec):
+        return self.module
+
+    def exec_module(self, module):
+        module.__spec__ = self.spec   # put back what _init_module_attrs replaced
+
+
+def _already_imported(module):
+    # The import system swaps a spec it finds for module.__spec__ when the module is already
+    # in sys.modules, and would load that spec again; with __spec__ None it keeps ours.
+    from _frozen_importlib import ModuleSpec
+    spec = getattr(module, "__spec__", None)
+    module.__spec__ = None
+    return ModuleSpec(module.__name__, _AlreadyImported(module, spec))
+
+
+def _decline(path, reason, stacklevel=4):
+    _warn(f"{path}: {reason}", stacklevel)   # attributed to install's caller
     return None
 
 
-def install(path=None, *, checked=True):
+def _open(path, checked):
+    """An ImageFinder for the image at path, or None after one warning."""
+    try:
+        from ._accel.loader import AccelImage
+    except ImportError as exc:
+        return _decline(path, f"the accelerator is unavailable ({exc})", 5)
+    try:
+        image = AccelImage(path)
+    except Exception as exc:
+        if not os.path.exists(path):
+            return _decline(path, "no image here (build one with `refmarshal build`)", 5)
+        reason = str(exc)
+        if reason.startswith(path + ": "):
+            reason = reason[len(path) + 2:]
+        return _decline(path, reason, 5)
+    level = image.header["optimize"]
+    if level != sys.flags.optimize:
+        return _decline(path, f"built at optimization level {level}, this interpreter runs "
+                              f"at level {sys.flags.optimize}", 5)
+    return ImageFinder(image, checked)
+
+
+def install(path=None, *, checked=True, lazy=False):
     """Put a finder for the image at ``path`` (default: ``default_image_path()``) on
     ``sys.meta_path``, just before ``PathFinder``, and return it.
 
     ``checked`` (the default) compares each module's source mtime and size with the image's
     record; unchecked trusts the image.  Returns None after one ``RefmarshalWarning`` when the
-    image cannot be used.  Installing the same image twice returns the installed finder."""
+    image cannot be used.  Installing the same image twice returns the installed finder.
+    ``lazy`` (the start-up hook) only checks that the image exists and puts a PendingFinder
+    in place: the image is opened at the first import."""
     path = os.path.abspath(default_image_path() if path is None else os.fspath(path))
-    for f in sys.meta_path:
-        if isinstance(f, ImageFinder) and f.path == path and not f.disabled:
-            f.checked = checked
-            return f
-    try:
-        from ._accel.loader import AccelImage
-    except ImportError as exc:
-        return _decline(path, f"the accelerator is unavailable ({exc})")
-    if PathFinder not in sys.meta_path:
+    mp = sys.meta_path
+    slot = None
+    for i, f in enumerate(mp):
+        if type(f) in (ImageFinder, PendingFinder) and f.path == path:
+            if type(f) is ImageFinder and not f.disabled:
+                f.checked = checked
+                return f
+            if type(f) is PendingFinder and lazy and not f.done:
+                return f
+            slot = i
+    if PathFinder not in mp:
         return _decline(path, "the standard PathFinder is not on sys.meta_path")
-    try:
-        image = AccelImage(path)
-    except Exception as exc:
+    if lazy:
         if not os.path.exists(path):
             return _decline(path, "no image here (build one with `refmarshal build`)")
-        reason = str(exc)
-        if reason.startswith(path + ": "):
-            reason = reason[len(path) + 2:]
-        return _decline(path, reason)
-    level = image.header["optimize"]
-    if level != sys.flags.optimize:
-        return _decline(path, f"built at optimization level {level}, this interpreter runs "
-                              f"at level {sys.flags.optimize}")
-    finder = ImageFinder(image, checked)
-    uninstall(path)   # a disabled finder for this image, if any
-    sys.meta_path.insert(sys.meta_path.index(PathFinder), finder)
+        finder = PendingFinder(path, checked)
+    else:
+        finder = _open(path, checked)
+        if finder is None:
+            return None
+    if slot is None:
+        mp.insert(mp.index(PathFinder), finder)
+    else:
+        mp[slot] = finder   # in place: the import system may be walking sys.meta_path now
     return finder
 
 
 def uninstall(path=None):
     """Remove the finder for the image at ``path`` (default: every refmarshal finder) from
-    ``sys.meta_path``.  Modules already imported keep their code."""
+    ``sys.meta_path``.  Modules already imported keep their code.  (Not from inside an
+    import: the import system may be walking ``sys.meta_path``.)"""
     if path is not None:
         path = os.path.abspath(os.fspath(path))
     sys.meta_path[:] = [f for f in sys.meta_path
-                        if not (isinstance(f, ImageFinder) and (path is None or f.path == path))]
+                        if not (type(f) in (ImageFinder, PendingFinder)
+                                and (path is None or f.path == path))]

@@ -536,10 +536,11 @@ STARTUP = '''
     import json, sys
     import refmarshal._startup
     refmarshal._startup.run()
+    before = [type(f).__name__ for f in sys.meta_path if "refmarshal" in type(f).__module__]
+    import mod
     from refmarshal import importer
     fs = [f for f in sys.meta_path if isinstance(f, importer.ImageFinder)]
-    import mod
-    print(json.dumps([[(f.path, f.checked) for f in fs], mod.WHO,
+    print(json.dumps([before, [(f.path, f.checked) for f in fs], mod.WHO,
                       any(f.image.owns(mod.MODCODE) for f in fs)]))
 '''
 
@@ -551,21 +552,61 @@ def test_startup_environment_switches(tree):
         r = run([*flags, "-c", textwrap.dedent(STARTUP)], cwd, pythonpath=[src], env=env)
         return json.loads(r.stdout), r.stderr
 
-    assert start(REFMARSHAL_IMAGE=str(img)) == ([[[str(img), True]], "tree", True], "")
+    # the image is opened at the first import, in place of the PendingFinder
+    pending = ["PendingFinder"]
+    assert start(REFMARSHAL_IMAGE=str(img)) == ([pending, [[str(img), True]], "tree", True], "")
     assert start(REFMARSHAL_IMAGE=str(img), REFMARSHAL_UNCHECKED="1") == \
-        ([[[str(img), False]], "tree", True], "")
-    assert start(REFMARSHAL_IMAGE=str(img), REFMARSHAL="0") == ([[], "tree", False], "")
-    assert start(REFMARSHAL="0") == ([[], "tree", False], "")
-    # the default image (not built here): one warning, stock imports
+        ([pending, [[str(img), False]], "tree", True], "")
+    assert start(REFMARSHAL_IMAGE=str(img), REFMARSHAL="0") == ([[], [], "tree", False], "")
+    assert start(REFMARSHAL="0") == ([[], [], "tree", False], "")
+    # the default image (not built here): one warning at start, stock imports
     out, err = start()
-    assert out == [[], "tree", False]
+    assert out == [[], [], "tree", False]
     assert err.count("RefmarshalWarning") == 1 and importer.default_image_path() in err
     # -W error turns the warning into an exception: run() still returns, and says it once
     out, err = start(flags=["-W", "error"], REFMARSHAL_IMAGE=str(cwd / "nope.img"))
-    assert out == [[], "tree", False] and "Traceback" not in err
+    assert out == [[], [], "tree", False] and "Traceback" not in err
     assert err.strip().splitlines() == [f"refmarshal: {cwd / 'nope.img'}: no image here "
                                         "(build one with `refmarshal build`); imports go on "
                                         "as stock"]
+    # a bad image is found out at the first import: one warning (or line), then stock
+    bad = cwd.parent / "bad.img"
+    bad.write_bytes(b"\x00" * 4096)
+    out, err = start(REFMARSHAL_IMAGE=str(bad))
+    assert out == [pending, [], "tree", False] and err.count("RefmarshalWarning") == 1
+    out, err = start(flags=["-W", "error"], REFMARSHAL_IMAGE=str(bad))
+    assert out == [pending, [], "tree", False] and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and err.startswith(f"refmarshal: {bad}: ")
+
+
+FIRST = '''
+    import sys
+    import refmarshal._startup
+    refmarshal._startup.run()
+    first = __import__(sys.argv[1], fromlist=["x"])   # the first import the hook sees
+    import importlib, importlib.util, struct, mod
+    import refmarshal.format as F, refmarshal._accel.loader as L
+    from refmarshal import importer
+    f = [x for x in sys.meta_path if isinstance(x, importer.ImageFinder)]
+    ld = first.__spec__.loader
+    print(first is sys.modules[sys.argv[1]], getattr(ld, "__name__", type(ld).__name__),
+          first.__spec__.name, hasattr(importlib, "util"), F.struct is struct,
+          type(f[0].image) is L.AccelImage, f[0].image.owns(mod.MODCODE))
+'''
+
+
+@pytest.mark.parametrize("first", ["importlib.util", "struct", "refmarshal._accel.loader",
+                                   "refmarshal.format", "mod"])
+def test_modules_the_hook_imports_are_imported_once(tree, first):
+    """The first import wakes the PendingFinder, which imports the accelerator: a module it
+    imports and the one being looked for (importlib for runpy) is the same module object."""
+    src, img, cwd = tree
+    r = run(["-c", textwrap.dedent(FIRST), first], cwd, pythonpath=[src],
+            env={"REFMARSHAL_IMAGE": str(img)})
+    assert r.stderr == ""
+    same, loader, name, *rest = r.stdout.split()
+    assert same == "True" and name == first and rest == ["True"] * 4
+    assert loader in ("SourceFileLoader", "ImageLoader", "FrozenImporter")
 
 
 @pytest.fixture(scope="module")
@@ -605,6 +646,13 @@ def test_pth_hook_in_a_virtual_environment(venv, tree):
              "f = [x for x in sys.meta_path if type(x).__name__ == 'ImageFinder']\n"
              "print(len(f), f and f[0].image.owns(mod.MODCODE), f and f[0].hits, mod.WHO)\n")
     try:
+        # site's own imports (sitecustomize, usercustomize) leave the image closed (a script:
+        # from 3.13 on, -c imports linecache)
+        (cwd / "finders.py").write_text("import sys\nprint([getattr(f, '__name__', type(f)"
+                                        ".__name__) for f in sys.meta_path])\n")
+        r = run(["finders.py"], cwd, python=python)
+        assert "'PendingFinder', 'PathFinder'" in r.stdout and r.stderr == ""
+        (cwd / "finders.py").unlink()
         r = run(["-c", probe], cwd, python=python, pythonpath=[src])
         assert (r.stdout, r.stderr) == ("1 True 5 tree\n", "")
         # -m: the main module's code comes from the image; the current directory shadows
