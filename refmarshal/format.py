@@ -106,7 +106,9 @@ def build_flags():
 
 def fingerprint():
     """The 112-byte fingerprint of the running interpreter build: spec 2.2."""
-    from importlib.util import MAGIC_NUMBER
+    # importlib.util's MAGIC_NUMBER; the frozen module is always loaded, while importing
+    # importlib.util costs about a millisecond at interpreter start (the import hook)
+    from _frozen_importlib_external import MAGIC_NUMBER
     return FINGERPRINT.pack(
         sys.hexversion, MAGIC_NUMBER, struct.calcsize("P"),
         ord("L") if sys.byteorder == "little" else ord("B"), build_flags(),
