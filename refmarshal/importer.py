@@ -10,7 +10,8 @@ by construction; everything else about the module (``__file__``, ``__cached__``,
 
 Any problem with the image disables it with one ``RefmarshalWarning`` and stock import goes
 on.  Modules are loaded only through the accelerator, never the (slow) reference reader.
-This module is imported at every interpreter start by the ``.pth`` hook: keep imports minimal.
+The start-up hook (``_startup``) imports this module at the first import of a process: keep
+its imports minimal.
 """
 
 import os
@@ -19,18 +20,13 @@ import sys
 # a millisecond (on 3.12 it imports warnings), while the frozen module is always loaded.
 from _frozen_importlib_external import PathFinder, SourceFileLoader
 
-from .errors import ImageError, RefmarshalWarning
+from ._startup import PendingFinder, default_image_path
+from .errors import RefmarshalWarning
 
 PTH_NAME = "refmarshal.pth"
 
 __all__ = ["install", "uninstall", "default_image_path", "pth_text", "PTH_NAME", "ImageFinder",
-           "ImageLoader", "PendingFinder"]
-
-
-def default_image_path():
-    """The image ``refmarshal build`` writes by default: inside the environment, one per
-    interpreter version."""
-    return os.path.join(sys.prefix, "share", "refmarshal", sys.implementation.cache_tag + ".img")
+           "ImageLoader"]
 
 
 def pth_text(image=None):
@@ -143,63 +139,6 @@ class ImageLoader(SourceFileLoader):
         return super().get_code(fullname)
 
 
-class PendingFinder:
-    """Holds an ImageFinder's place, for the start-up hook, until the first import reaches
-    it; then installs the real finder in its place.  Importing the accelerator and opening
-    the image are paid by programs that import something, and ``python -c pass`` pays
-    almost nothing."""
-
-    # site imports these at every start, after the .pth files; stock import serves them
-    # (usually: finds that they do not exist) without waking the image up
-    _STARTUP_NAMES = frozenset({"sitecustomize", "usercustomize"})
-
-    def __init__(self, path, checked):
-        self.path = path
-        self.checked = checked
-        self.done = False
-
-    def __repr__(self):
-        return f"<refmarshal.PendingFinder {self.path!r}{' (done)' if self.done else ''}>"
-
-    def find_spec(self, fullname, path=None, target=None):
-        if self.done or fullname in self._STARTUP_NAMES:
-            return None
-        self.done = True            # the imports made while installing pass by
-        try:
-            finder = install(self.path, checked=self.checked)
-        except Exception as exc:    # -W error made our warning an exception: still say it
-            from ._startup import report
-            report(exc)
-            finder = None
-        if fullname in sys.modules:  # installing imported it (e.g. importlib for runpy)
-            return _already_imported(sys.modules[fullname])
-        return None if finder is None else finder.find_spec(fullname, path, target)
-
-
-class _AlreadyImported:
-    """The loader that hands the import system a module imported while it was still looking
-    for it (by installing the finder), instead of executing it a second time."""
-
-    def __init__(self, module, spec):
-        self.module = module
-        self.spec = spec
-
-    def create_module(self, spec):
-        return self.module
-
-    def exec_module(self, module):
-        module.__spec__ = self.spec   # put back what _init_module_attrs replaced
-
-
-def _already_imported(module):
-    # The import system swaps a spec it finds for module.__spec__ when the module is already
-    # in sys.modules, and would load that spec again; with __spec__ None it keeps ours.
-    from _frozen_importlib import ModuleSpec
-    spec = getattr(module, "__spec__", None)
-    module.__spec__ = None
-    return ModuleSpec(module.__name__, _AlreadyImported(module, spec))
-
-
 def _decline(path, reason, stacklevel=4):
     _warn(f"{path}: {reason}", stacklevel)   # attributed to install's caller
     return None
@@ -227,15 +166,14 @@ def _open(path, checked):
     return ImageFinder(image, checked)
 
 
-def install(path=None, *, checked=True, lazy=False):
+def install(path=None, *, checked=True):
     """Put a finder for the image at ``path`` (default: ``default_image_path()``) on
     ``sys.meta_path``, just before ``PathFinder``, and return it.
 
     ``checked`` (the default) compares each module's source mtime and size with the image's
     record; unchecked trusts the image.  Returns None after one ``RefmarshalWarning`` when the
-    image cannot be used.  Installing the same image twice returns the installed finder.
-    ``lazy`` (the start-up hook) only checks that the image exists and puts a PendingFinder
-    in place: the image is opened at the first import."""
+    image cannot be used.  Installing the same image twice returns the installed finder; a
+    PendingFinder for it (the start-up hook's) is replaced in place."""
     path = os.path.abspath(default_image_path() if path is None else os.fspath(path))
     mp = sys.meta_path
     slot = None
@@ -244,19 +182,12 @@ def install(path=None, *, checked=True, lazy=False):
             if type(f) is ImageFinder and not f.disabled:
                 f.checked = checked
                 return f
-            if type(f) is PendingFinder and lazy and not f.done:
-                return f
             slot = i
     if PathFinder not in mp:
         return _decline(path, "the standard PathFinder is not on sys.meta_path")
-    if lazy:
-        if not os.path.exists(path):
-            return _decline(path, "no image here (build one with `refmarshal build`)")
-        finder = PendingFinder(path, checked)
-    else:
-        finder = _open(path, checked)
-        if finder is None:
-            return None
+    finder = _open(path, checked)
+    if finder is None:
+        return None
     if slot is None:
         mp.insert(mp.index(PathFinder), finder)
     else:
