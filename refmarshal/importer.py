@@ -131,6 +131,10 @@ class ImageLoader(SourceFileLoader):
         super().__init__(fullname, path)
         self.finder = finder
 
+    def __reduce__(self):
+        # a copy or a pickle (of a spec, say) is the stock loader: the image stays here
+        return SourceFileLoader, (self.name, self.path)
+
     def get_code(self, fullname):
         if fullname == self.name:
             code = self.finder._code(fullname)

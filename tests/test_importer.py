@@ -137,7 +137,7 @@ def observe(body, img, cwd, *args, modes=("stock", "checked"), **kw):
 # Module attributes and behaviour: exactly stock.
 
 ATTRIBUTES = '''
-    import importlib, importlib.machinery, importlib.resources, inspect, linecache, pickle
+    import copy, importlib, importlib.machinery, importlib.resources, inspect, linecache, pickle
     import traceback
     names = sys.argv[3].split(",")
     obs, own = {}, {}
@@ -153,7 +153,9 @@ ATTRIBUTES = '''
                  same_loader=spec.loader is ld, name=ld.name, ld_path=ld.path,
                  filename=ld.get_filename(name), is_package=ld.is_package(name),
                  source=ld.get_source(name), data=ld.get_data(ld.path).decode(),
-                 code_filename=m.MODCODE.co_filename, code_name=m.MODCODE.co_name)
+                 code_filename=m.MODCODE.co_filename, code_name=m.MODCODE.co_name,
+                 spec_pickled=repr(pickle.loads(pickle.dumps(spec)).loader.get_filename(name)),
+                 spec_copied=copy.deepcopy(spec).origin)
         obs[name], own[name] = o, owned(m)
     import mod, pkg, ns.portion
     obs["ns"] = [ns.__spec__.origin, list(ns.__path__), type(ns.__spec__.loader).__name__]
