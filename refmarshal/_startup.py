@@ -4,6 +4,7 @@ that reaches it, so ``python -c pass`` pays for three small modules and one stat
 
 Environment: ``REFMARSHAL=0`` turns it off, ``REFMARSHAL_IMAGE=path`` uses another image than
 the environment's default, ``REFMARSHAL_UNCHECKED=1`` trusts the image (no per-module stat).
+Under ``-E`` or ``-I`` the last two are ignored, as ``PYTHONPATH`` is: they choose code to run.
 ``run`` never raises: interpreter start must not depend on refmarshal.
 """
 
@@ -23,6 +24,8 @@ def run(image=None):
         return
     try:
         from _frozen_importlib_external import PathFinder
+        if sys.flags.ignore_environment:
+            env = {}
         path = os.path.abspath(env.get("REFMARSHAL_IMAGE") or image or default_image_path())
         checked = env.get("REFMARSHAL_UNCHECKED") != "1"
         mp = sys.meta_path

@@ -581,6 +581,22 @@ def test_startup_environment_switches(tree):
     assert len(err.strip().splitlines()) == 1 and err.startswith(f"refmarshal: {bad}: ")
 
 
+def test_ignore_environment_keeps_the_image_choice_out(tree):
+    """-E / -I ignore PYTHONPATH; REFMARSHAL_IMAGE and REFMARSHAL_UNCHECKED choose code too."""
+    src, img, cwd = tree
+    body = ("import os, sys\nsys.path[:0] = sys.argv[1:]\nimport refmarshal._startup\n"
+            "refmarshal._startup.run()\n"
+            "print([type(f).__name__ for f in sys.meta_path if 'refmarshal' in type(f).__module__])")
+    paths = [str(src), os.path.dirname(os.path.dirname(refmarshal.__file__))]
+    for flag in ("-E", "-I"):
+        r = run([flag, "-c", body, *paths], cwd, env={"REFMARSHAL_IMAGE": str(img),
+                                                    "REFMARSHAL_UNCHECKED": "1"})
+        assert r.stdout == "[]\n" and r.stderr.count("RefmarshalWarning") == 1
+        assert importer.default_image_path() in r.stderr and str(img) not in r.stderr
+        r = run([flag, "-c", body, *paths], cwd, env={"REFMARSHAL": "0"})
+        assert (r.stdout, r.stderr) == ("[]\n", "")
+
+
 FIRST = '''
     import sys
     import refmarshal._startup
