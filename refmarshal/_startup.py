@@ -45,9 +45,10 @@ class PendingFinder:
     """Holds the image finder's place until the first import reaches it, then installs the
     real finder (importer.install) in its place and hands the import over to it."""
 
-    # site imports these at every start, after the .pth files; stock import serves them
-    # (usually: finds that they do not exist) without waking the image up
-    _STARTUP_NAMES = frozenset({"sitecustomize", "usercustomize"})
+    # Imported at every start after the .pth files: by site (usually finding they do not
+    # exist) and, from 3.13, for ``-c`` (linecache, which imports nothing at its top).  Stock
+    # import serves them without waking the image up, so ``python -c pass`` never opens it.
+    _STARTUP_NAMES = frozenset({"sitecustomize", "usercustomize", "linecache"})
 
     def __init__(self, path, checked):
         self.path = path

@@ -664,12 +664,13 @@ def test_pth_hook_in_a_virtual_environment(venv, tree):
              "f = [x for x in sys.meta_path if type(x).__name__ == 'ImageFinder']\n"
              "print(len(f), f and f[0].image.owns(mod.MODCODE), f and f[0].hits, mod.WHO)\n")
     try:
-        # site's own imports (sitecustomize, usercustomize) leave the image closed (a script:
-        # from 3.13 on, -c imports linecache)
-        (cwd / "finders.py").write_text("import sys\nprint([getattr(f, '__name__', type(f)"
-                                        ".__name__) for f in sys.meta_path])\n")
-        r = run(["finders.py"], cwd, python=python)
-        assert "'PendingFinder', 'PathFinder'" in r.stdout and r.stderr == ""
+        # the imports of every start (site's, linecache for -c on 3.13) leave the image closed
+        finders = "import sys\nprint([getattr(f, '__name__', type(f).__name__) " \
+                  "for f in sys.meta_path])\n"
+        (cwd / "finders.py").write_text(finders)
+        for argv in (["finders.py"], ["-c", finders]):
+            r = run(argv, cwd, python=python)
+            assert "'PendingFinder', 'PathFinder'" in r.stdout and r.stderr == ""
         (cwd / "finders.py").unlink()
         r = run(["-c", probe], cwd, python=python, pythonpath=[src])
         assert (r.stdout, r.stderr) == ("1 True 5 tree\n", "")
