@@ -106,8 +106,7 @@ def build_flags():
 
 def fingerprint():
     """The 112-byte fingerprint of the running interpreter build: spec 2.2."""
-    # importlib.util's MAGIC_NUMBER; the frozen module is always loaded, while importing
-    # importlib.util costs about a millisecond at interpreter start (the import hook)
+    # the bootstrap module is always loaded; importlib.util would cost milliseconds at start-up
     from _frozen_importlib_external import MAGIC_NUMBER
     return FINGERPRINT.pack(
         sys.hexversion, MAGIC_NUMBER, struct.calcsize("P"),

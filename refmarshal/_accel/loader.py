@@ -67,6 +67,11 @@ class AccelImage:
         """True when the image is not at its preferred base (PTR records applied)."""
         return bool(lib.rm_relocated(self._handle))
 
+    @property
+    def bytes_read(self):
+        """How many bytes of the file have been brought into memory so far."""
+        return lib.rm_bytes_read(self._handle)
+
     def owns(self, obj):
         return self._base <= id(obj) < self._base + self._size
 
