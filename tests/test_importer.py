@@ -503,6 +503,12 @@ def test_bad_module_alone_goes_stock(tree):
     assert (who, own_mod, g, own_pkg) == ("tree", False, "gh", True)
     assert len(msgs) == 1 and msgs[0].startswith(f"refmarshal: {img}: module mod: ")
     assert fallbacks == 2 and hits == 4     # the reload goes to stock without a second warning
+    # -W error: the import still works as stock, and the message is one line on stderr
+    r = script("import mod\nemit([mod.WHO, owned(mod)])\n", "checked", img, cwd,
+               flags=["-W", "error"], pythonpath=[src])
+    assert json.loads(r.stdout) == ["tree", False]
+    assert r.stderr.startswith(f"refmarshal: {img}: module mod: ") and "Traceback" not in r.stderr
+    assert len(r.stderr.splitlines()) == 1
 
 
 # ---------------------------------------------------------------------------------------
