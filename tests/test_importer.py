@@ -700,6 +700,15 @@ def test_pth_hook_in_a_virtual_environment(venv, tree):
         r = run(["-c", probe], cwd, python=python, pythonpath=[src])
         assert r.stdout == "0 [] [] tree\n"
         assert r.stderr.count("RefmarshalWarning") == 1 and default in r.stderr
+        # an image named in the .pth line (enable --image); REFMARSHAL_IMAGE still wins
+        with open(pth, "w") as fh:
+            fh.write(importer.pth_text(img))
+        r = run(["-c", probe], cwd, python=python, pythonpath=[src])
+        assert (r.stdout, r.stderr) == ("1 True 5 tree\n", "")
+        other = cwd.parent / "other.img"
+        r = run(["-c", probe], cwd, python=python, pythonpath=[src],
+                env={"REFMARSHAL_IMAGE": str(other)})
+        assert r.stdout == "0 [] [] tree\n" and str(other) in r.stderr
         # refmarshal uninstalled but the .pth left behind: a silent start
         os.rename(os.path.join(site, "_refmarshal_for_tests.pth"), os.path.join(site, "off"))
         try:
