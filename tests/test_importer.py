@@ -110,17 +110,18 @@ def child_env(pythonpath=(), **extra):
     return env
 
 
-def run(argv, cwd, *, python=sys.executable, pythonpath=(), env=None, ok=True):
+def run(argv, cwd, *, python=sys.executable, pythonpath=(), env=None):
+    """A child interpreter that must exit 0."""
     r = subprocess.run([python, *argv], cwd=cwd, env=child_env(pythonpath, **(env or {})),
                        capture_output=True, text=True, timeout=300)
-    if ok:
-        assert r.returncode == 0, r.stderr
+    assert r.returncode == 0, r.stderr
     return r
 
 
-def script(body, mode, img, cwd, *args, flags=(), pythonpath=(), ok=True, python=sys.executable):
+def script(body, mode, img, cwd, *args, flags=(), pythonpath=()):
+    """Run PRELUDE + body in a child; mode "stock", "checked" or "unchecked"."""
     argv = [*flags, "-c", PRELUDE + textwrap.dedent(body), mode, str(img), *map(str, args)]
-    return run(argv, cwd, python=python, pythonpath=pythonpath, ok=ok)
+    return run(argv, cwd, pythonpath=pythonpath)
 
 
 def observe(body, img, cwd, *args, modes=("stock", "checked"), **kw):
@@ -239,9 +240,9 @@ WHICH = '''
 
 
 def both_modes(body, img, cwd, *args, **kw):
+    """(what stock import observed, what the checked finder observed)."""
     out = observe(body, img, cwd, *args, **kw)
-    stock, mine = out["stock"], out["checked"]
-    return stock, mine
+    return out["stock"], out["checked"]
 
 
 def test_current_directory_shadows_for_dash_c(tree):
