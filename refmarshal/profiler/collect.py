@@ -237,6 +237,7 @@ def _run_target(kind, target, args):
     if kind == "-c":
         sys.argv[:] = ["-c", *args]
         sys.path[0] = ""
+        _register_c_source(target)
         exec(compile(target, "<string>", "exec"), main.__dict__)
     elif kind == "-m":
         import runpy
@@ -246,12 +247,23 @@ def _run_target(kind, target, args):
     else:
         sys.argv[:] = [target, *args]
         sys.path[0] = os.path.dirname(os.path.realpath(target))
-        with open(target, "rb") as fh:
+        path = os.path.abspath(target)       # python makes __main__.__file__ absolute
+        with open(path, "rb") as fh:
             source = fh.read()
-        main.__file__ = target
+        main.__file__ = path
         main.__cached__ = None
-        main.__loader__ = _external.SourceFileLoader("__main__", target)
-        exec(compile(source, target, "exec"), main.__dict__)
+        main.__loader__ = _external.SourceFileLoader("__main__", path)
+        exec(compile(source, path, "exec"), main.__dict__)
+
+
+def _register_c_source(source):
+    """Version difference (3.13+): ``python -c`` puts its source in linecache as "<string>" so
+    tracebacks can show it; it put the bootstrap's there, so put the target's in its place."""
+    linecache = sys.modules.get("linecache")
+    entry = linecache.cache.get("<string>") if linecache is not None else None
+    if entry is not None:
+        lines = [line + "\n" for line in source.splitlines()]
+        linecache.cache["<string>"] = (len(source), entry[1], lines, entry[3])
 
 
 def _strip_own_frames(tb):

@@ -37,6 +37,7 @@ class Run:
     plain_target_time: float | None = None  # the same target without instrumentation
     image_active: bool = False
     version: str = ""
+    importtime: dict = field(default_factory=dict)  # name -> cumulative from -X importtime
 
     @property
     def has_phases(self):
@@ -94,6 +95,8 @@ class Run:
                 "name": m.name, "origin": m.origin, "first_importer": m.importer,
                 "parent": m.parent, "find": m.find, "load": m.load, "exec_self": m.exec_self,
                 "other": m.other, "self": m.self_time, "cumulative": m.cumulative, "ok": m.ok,
+                **({"importtime_cumulative": self.importtime[m.name]}
+                   if m.name in self.importtime else {}),
             } for m in self.modules],
         }
 
