@@ -62,13 +62,14 @@ def project(tmp_path):
     return tmp_path
 
 
-def profile(cwd, *args, check=True):
+def profile(cwd, *args, check=True, repeat=1):
     """Run `python -m refmarshal.profiler ...` in cwd; returns (process, json or None)."""
     out = Path(cwd) / "profile.json"
     if out.exists():
         out.unlink()
     proc = subprocess.run([sys.executable, "-m", "refmarshal.profiler", "--json", str(out),
-                           "--svg", str(Path(cwd) / "profile.svg"), *args],
+                           "--svg", str(Path(cwd) / "profile.svg"), "--repeat", str(repeat),
+                           *args],
                           cwd=cwd, capture_output=True, text=True)
     if check:
         assert proc.returncode == 0, proc.stderr
@@ -147,12 +148,58 @@ def test_targets_run_as_python_runs_them(project, how):
               "script": ["script.py", "a", "b"]}[how]
     direct = subprocess.run([sys.executable, *target], cwd=project, capture_output=True,
                             text=True, check=True).stdout
-    proc, data = profile(project, "--only", "stock", *target)
+    proc, data = profile(project, "--only", "stock", *target, repeat=2)
     assert proc.stdout.startswith(direct)      # shown once: repeat runs are quiet
+    assert direct not in proc.stdout[len(direct):]
     assert "synth" in modules(data)
 
 
 SYNTH_PRINT = "import sys, synth; print('argv', sys.argv, __name__, repr(sys.path[0]))"
+
+
+BULK_FUNCTION = """
+def f{j}(a, b=({j}, 'x{j}')):
+    c = [a, b, {j}.5, 's{j}']
+    return {{k: a for k in c if k != {j}}}
+"""
+
+
+def test_image_run_loads_faster_and_executes_the_same(project):
+    """Three modules of 1500 functions each (unmarshalling them is measurable), one with a
+    30 ms busy loop: from the image their load time falls, their execution does not."""
+    import refmarshal
+    bulk = project / "bulk"
+    bulk.mkdir()
+    (bulk / "__init__.py").write_text("")
+    for i in range(3):
+        body = "".join(BULK_FUNCTION.format(j=j) for j in range(1500))
+        (bulk / f"m{i}.py").write_text(body + ("from synth._busy import busy\nbusy(30)\n"
+                                               if i == 0 else ""))
+    subprocess.run([sys.executable, "-m", "compileall", "-q", "bulk", "synth"], cwd=project,
+                   check=True)
+    names = ["bulk", "bulk.m0", "bulk.m1", "bulk.m2"]
+    refmarshal.build(project / "bulk.img", [
+        (n, project / (n.replace(".", "/") + ".py" if "." in n else "bulk/__init__.py"))
+        for n in names])
+    proc, data = profile(project, "--image", "bulk.img", "-c", "import bulk.m0, bulk.m1, bulk.m2")
+    image, stock = modules(data, "image"), modules(data, "stock")
+    assert [image[n]["origin"] for n in names] == ["image"] * 4
+    assert [stock[n]["origin"] for n in names] == ["pyc"] * 4
+    assert sum(image[n]["load"] for n in names) < sum(stock[n]["load"] for n in names)
+    assert image["bulk.m0"]["exec_self"] >= 30 * MS and stock["bulk.m0"]["exec_self"] >= 30 * MS
+    assert "the image changed import time by" in proc.stdout
+    assert "installing the image finder took" in proc.stdout
+
+
+def test_without_an_image_runs_stock_only(project):
+    proc, data = profile(project, "--image", "none.img", "-c", "import synth")
+    assert proc.stderr.splitlines() == [
+        f"refmarshal profile: no image at none.img (build one with `refmarshal build`); "
+        "running stock import only"]
+    assert [r["run"] for r in data["runs"]] == ["stock"]
+    proc, _ = profile(project, "--only", "image", "--image", "none.img", "-c", "pass",
+                      check=False)
+    assert proc.returncode == 1 and proc.stderr.startswith("refmarshal profile: error: no image")
 
 
 def test_target_that_raises_keeps_the_profile(project):

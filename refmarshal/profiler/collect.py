@@ -216,14 +216,14 @@ def _install_hooks():
 
 
 def _install_image(root):
-    """Install the refmarshal importer (unless a .pth hook already did); True when active."""
-    if any(type(f).__module__.startswith("refmarshal") for f in sys.meta_path):
-        return True
+    """Install the refmarshal importer for REFMARSHAL_IMAGE as the .pth hook would (install()
+    returns the finder already there if the hook did it); True when the image is in use."""
     saved = list(sys.path)
     sys.path.insert(0, root)
     try:
         from refmarshal import importer
-        return importer.install() is not None
+        return importer.install(os.environ["REFMARSHAL_IMAGE"],
+                                checked=os.environ.get("REFMARSHAL_UNCHECKED") != "1") is not None
     except Exception as exc:     # report it; the run goes on with stock import
         print(f"refmarshal profile: the importer could not be installed: {exc}", file=sys.stderr)
         return False
@@ -274,7 +274,9 @@ def _strip_own_frames(tb):
 
 def main(argv):
     out, mode, image_root, kind, target, *args = argv
+    t_install = _now()
     image_active = bool(image_root) and _install_image(image_root)
+    install_ns = _now() - t_install if image_root else 0
     if kind == "-m":
         import runpy  # noqa: F401  (python -m imports it before the module, untimed here too)
     if mode == "timed":
@@ -303,6 +305,7 @@ def main(argv):
         with open(out, "wb") as fh:
             marshal.dump({"records": records, "status": status, "message": message,
                           "exit_code": exit_code, "target_ns": elapsed, "mode": mode,
+                          "install_ns": install_ns,
                           "image_active": image_active, "version": sys.version.split()[0]}, fh)
     if exit_code:
         raise SystemExit(exit_code)

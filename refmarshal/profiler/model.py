@@ -35,7 +35,9 @@ class Run:
     exit_code: int = 0
     target_time: float | None = None        # the target's wall time, instrumented
     plain_target_time: float | None = None  # the same target without instrumentation
+    repeats: int = 1            # runs made of each kind; this one is the fastest timed run
     image_active: bool = False
+    install_time: float = 0.0   # installing the image finder, before the target started
     version: str = ""
     importtime: dict = field(default_factory=dict)  # name -> cumulative from -X importtime
 
@@ -87,6 +89,7 @@ class Run:
         return {
             "run": self.label, "python": self.version, "status": self.status,
             "message": self.message, "image_active": self.image_active,
+            "install_seconds": self.install_time,
             "target_seconds": self.target_time,
             "uninstrumented_target_seconds": self.plain_target_time,
             "totals": {"import": self.total, **{p: self.phase_total(p) for p in PHASES}}
@@ -119,4 +122,5 @@ def from_collect(data, label):
             other=(self_ns - find_self - load_self - exec_self) * ns, ok=ok))
     return Run(label=label, modules=modules, status=data["status"], message=data["message"],
                exit_code=data["exit_code"], target_time=data["target_ns"] * ns,
-               image_active=data["image_active"], version=data["version"]).link_children()
+               image_active=data["image_active"], install_time=data["install_ns"] * ns,
+               version=data["version"]).link_children()

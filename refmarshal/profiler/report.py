@@ -81,12 +81,31 @@ def summary(runs):
             lines.append(f"{RUN_TITLES[r.label]}: {len(r.modules)} imports, "
                          f"{ms(r.total)} ms in all (self times only: importtime does not "
                          "split find / load / exec)")
+    lines += headline(runs)
+    image = next((r for r in runs if r.label == "image"), None)
+    if image is not None and image.install_time:
+        lines.append(f"installing the image finder took {ms(image.install_time)} ms before the "
+                     "target started (not counted above; the .pth hook pays it at every start)")
+    for r in runs:
+        if r.target_time is not None and r.plain_target_time:
+            extra = r.target_time - r.plain_target_time
+            lines.append(f"profiler overhead ({RUN_TITLES[r.label]}): the target ran "
+                         f"{ms(r.target_time)} ms instrumented, {ms(r.plain_target_time)} ms "
+                         f"without ({extra * 1e3:+.1f} ms, {extra / r.plain_target_time:+.0%}; "
+                         + ("one run each)" if r.repeats == 1
+                            else f"fastest of {r.repeats} runs each)"))
+    return lines
+
+
+def headline(runs):
+    """What the image saved, and how much of what is left is execution."""
+    lines = []
     by_label = {r.label: r for r in runs}
     image, stock = by_label.get("image"), by_label.get("stock")
     if image is not None and stock is not None and stock.total > 0:
-        saved = stock.total - image.total
-        lines.append(f"the image changed import time by {-saved * 1e3:+.1f} ms "
-                     f"({-saved / stock.total:+.0%}); load {ms(stock.phase_total('load'))} -> "
+        change = image.total - stock.total
+        lines.append(f"the image changed import time by {change * 1e3:+.1f} ms "
+                     f"({change / stock.total:+.0%}): load {ms(stock.phase_total('load'))} -> "
                      f"{ms(image.phase_total('load'))} ms, exec "
                      f"{ms(stock.phase_total('exec'))} -> {ms(image.phase_total('exec'))} ms")
     last = image if image is not None else (stock or runs[0])
@@ -94,13 +113,6 @@ def summary(runs):
         share = last.phase_total("exec") / last.total
         lines.append(f"{share:.0%} of what is left ({RUN_TITLES[last.label]}) is executing "
                      "module bodies: only changing those modules can remove it")
-    for r in runs:
-        if r.target_time is not None and r.plain_target_time:
-            extra = r.target_time - r.plain_target_time
-            lines.append(f"profiler overhead ({RUN_TITLES[r.label]}): the target ran "
-                         f"{ms(r.target_time)} ms instrumented, {ms(r.plain_target_time)} ms "
-                         f"without ({extra * 1e3:+.1f} ms, {extra / r.plain_target_time:+.0%}; "
-                         "one run each)")
     return lines
 
 

@@ -9,7 +9,7 @@ stock run by what the image removed.  Hovering a bar shows its numbers (an SVG <
 from xml.sax.saxutils import escape
 
 from .model import PHASES
-from .report import RUN_TITLES, ms
+from .report import RUN_TITLES, headline, ms
 
 WIDTH = 1400
 MARGIN = 12
@@ -34,8 +34,9 @@ def render(runs, title):
     y = 28
     out.append(_text(MARGIN, y, title, size=16, weight="bold"))
     y += 20
-    out.append(_text(MARGIN, y, "   ".join(_totals(r) for r in runs), size=12))
-    y += 18
+    for line in [_totals(r) for r in runs] + headline(runs):
+        out.append(_text(MARGIN, y, line, size=12))
+        y += 17
     y = _legend(out, y, phased)
     for run in runs:
         y += 14
