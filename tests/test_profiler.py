@@ -154,6 +154,24 @@ def test_targets_run_as_python_runs_them(project, how):
     assert "synth" in modules(data)
 
 
+def test_profiling_changes_nothing_the_target_sees(project):
+    """Same modules imported, same sys.path and sys.meta_path, same loaders as without it."""
+    code = ("import sys, synth, json\nprint(sorted(sys.modules))\nprint(sys.path)\n"
+            "print([getattr(f, '__name__', type(f).__name__) for f in sys.meta_path])\n"
+            "print([getattr(h, '__qualname__', type(h).__name__) for h in sys.path_hooks])\n"
+            "s = synth.__spec__\n"
+            "print(type(s.loader).__name__, s.origin, s.cached, s.submodule_search_locations)")
+    direct = subprocess.run([sys.executable, "-c", code], cwd=project, capture_output=True,
+                            text=True, check=True).stdout
+    proc, _ = profile(project, "--only", "stock", "-c", code)
+    assert proc.stdout[:len(direct)] == direct
+    (project / "show.py").write_text(code)
+    direct = subprocess.run([sys.executable, "show.py"], cwd=project, capture_output=True,
+                            text=True, check=True).stdout
+    proc, _ = profile(project, "--only", "stock", "show.py")
+    assert proc.stdout[:len(direct)] == direct
+
+
 SYNTH_PRINT = "import sys, synth; print('argv', sys.argv, __name__, repr(sys.path[0]))"
 
 

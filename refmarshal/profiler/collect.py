@@ -237,7 +237,6 @@ def _run_target(kind, target, args):
     if kind == "-c":
         sys.argv[:] = ["-c", *args]
         sys.path[0] = ""
-        _register_c_source(target)
         exec(compile(target, "<string>", "exec"), main.__dict__)
     elif kind == "-m":
         import runpy
@@ -256,14 +255,20 @@ def _run_target(kind, target, args):
         exec(compile(source, path, "exec"), main.__dict__)
 
 
-def _register_c_source(source):
-    """Version difference (3.13+): ``python -c`` puts its source in linecache as "<string>" so
-    tracebacks can show it; it put the bootstrap's there, so put the target's in its place."""
+def _match_python_startup(kind, target):
+    """Version difference (3.13+): ``python -c`` imports linecache and puts its source there as
+    "<string>" for tracebacks, and the bootstrap is a -c program.  For a -c target, put the
+    target's source in the bootstrap's place; for -m and scripts, which python starts without
+    linecache, unload it so that the target imports it as it would."""
     linecache = sys.modules.get("linecache")
     entry = linecache.cache.get("<string>") if linecache is not None else None
-    if entry is not None:
-        lines = [line + "\n" for line in source.splitlines()]
-        linecache.cache["<string>"] = (len(source), entry[1], lines, entry[3])
+    if entry is None:
+        return
+    if kind == "-c":
+        lines = [line + "\n" for line in target.splitlines()]
+        linecache.cache["<string>"] = (len(target), entry[1], lines, entry[3])
+    else:
+        del sys.modules["linecache"]
 
 
 def _strip_own_frames(tb):
@@ -274,6 +279,7 @@ def _strip_own_frames(tb):
 
 def main(argv):
     out, mode, image_root, kind, target, *args = argv
+    _match_python_startup(kind, target)
     t_install = _now()
     image_active = bool(image_root) and _install_image(image_root)
     install_ns = _now() - t_install if image_root else 0
