@@ -16,8 +16,9 @@ MARGIN = 12
 ROW = 18
 FONT = 11
 CHAR = 6.7                  # advance of the monospace font at FONT px
-MIN_BAR = 0.4               # narrower bars are not drawn (nor their children)
+MIN_BAR = 1.0               # narrower bars are not drawn (nor their children): a pixel
 MAX_DEPTH = 48
+GAP = 0.6
 COLOURS = {"find": "#b39ddb", "load": "#64b5f6", "exec": "#ffb74d", "other": "#cfd8dc",
            "self": "#ffb74d", "nested": "#ece8e1", "run": "#d7ccc8"}
 LEGEND = {"find": "find (finders on sys.meta_path)",
@@ -108,20 +109,19 @@ def _node(out, run, index, x, depth, top, scale, bottom):
     bottom[0] = max(bottom[0], y + ROW)
     label = f"{m.name} {ms(m.cumulative)}"
     out.append(f"<g><title>{escape(_tooltip(run, m))}</title>")
-    out.append(f'<rect x="{x:.2f}" y="{y}" width="{w:.2f}" height="{ROW - 1}" '
+    inner = w - GAP if w > 3 * GAP else w       # a white gap separates neighbours
+    out.append(f'<rect x="{x:.1f}" y="{y}" width="{inner:.1f}" height="{ROW - 1}" '
                f'fill="{COLOURS["nested"]}"/>')
     # own time at the right end, by phase; nested imports occupy the left part, drawn below
-    seg_x = x + (m.cumulative - m.self_time) * scale
+    seg_x = max(x, x + inner - m.self_time * scale)
     segments = [(p, m.phase(p)) for p in PHASES] if m.find is not None \
         else [("self", m.self_time)]
     for phase, seconds in segments:
-        seg_w = max(0.0, seconds or 0.0) * scale
-        if seg_w >= 0.05:
-            out.append(f'<rect x="{seg_x:.2f}" y="{y}" width="{seg_w:.2f}" '
+        seg_w = min(max(0.0, seconds or 0.0) * scale, x + inner - seg_x)
+        if seg_w >= 0.1:
+            out.append(f'<rect x="{seg_x:.1f}" y="{y}" width="{seg_w:.1f}" '
                        f'height="{ROW - 1}" fill="{COLOURS[phase]}"/>')
         seg_x += seg_w
-    out.append(f'<rect x="{x:.2f}" y="{y}" width="{w:.2f}" height="{ROW - 1}" fill="none" '
-               f'stroke="#ffffff" stroke-width="0.6"/>')
     fitted = _fit_label(label, m.name, w)
     if fitted:
         out.append(_text(x + 3, y + ROW - 5, fitted))
@@ -152,11 +152,11 @@ def _tooltip(run, m):
 
 
 def _bar(x, y, w, fill, label, tip):
-    return (f'<g><title>{escape(tip)}</title><rect x="{x}" y="{y}" width="{w:.2f}" '
+    return (f'<g><title>{escape(tip)}</title><rect x="{x}" y="{y}" width="{w:.1f}" '
             f'height="{ROW - 1}" fill="{fill}"/>' + _text(x + 3, y + ROW - 5, label) + "</g>")
 
 
 def _text(x, y, text, size=None, weight=None):
     attrs = (f' font-size="{size}"' if size else "") + (f' font-weight="{weight}"'
                                                          if weight else "")
-    return f'<text x="{x:.2f}" y="{y}" fill="#1a1a1a"{attrs}>{escape(text)}</text>'
+    return f'<text x="{x:.1f}" y="{y}" fill="#1a1a1a"{attrs}>{escape(text)}</text>'
