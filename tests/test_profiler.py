@@ -46,6 +46,8 @@ SYNTH = {
         print("argv", sys.argv[1:], "name", __name__, "path0", sys.path[0])
         """,
     "nspkg/inside.py": "X = 1\n",
+    "viapkg/__init__.py": "from . import sub\n",
+    "viapkg/sub.py": "",
     "script.py": """
         import sys, synth
         print("argv", sys.argv, "name", __name__, "path0", sys.path[0], "file", __file__)
@@ -128,14 +130,19 @@ def test_origin_kinds(project):
          "e = [n for n in ('_json', 'array', 'mmap', '_csv') if n not in sys.modules and "
          "isinstance(m.PathFinder.find_spec(n).loader, m.ExtensionFileLoader)]\n"
          "print(b[0], e[0])"], capture_output=True, text=True, check=True).stdout.split()
-    code = f"import synth.leaf, nspkg.inside, __hello__, {builtin}, {extension}"
+    code = f"import synth.leaf, nspkg.inside, viapkg.sub, __hello__, {builtin}, {extension}"
     _, first = profile(project, "--only", "stock", "-c", code)
-    subprocess.run([sys.executable, "-m", "compileall", "-q", "synth"], cwd=project, check=True)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", "synth", "viapkg"], cwd=project,
+                   check=True)
     _, second = profile(project, "--only", "stock", "-c", code)
     assert modules(first)["synth.leaf"]["origin"] == "source"     # no .pyc yet
     mods = modules(second)
     assert mods["synth.leaf"]["origin"] == "pyc"
     assert mods["nspkg"]["origin"] == "namespace"
+    # viapkg.sub was imported by viapkg's body while `import viapkg.sub` imported viapkg
+    outer, inner = [m for m in second["runs"][0]["modules"] if m["name"] == "viapkg.sub"]
+    assert (outer["origin"], inner["origin"]) == ("via parent", "pyc")
+    assert inner["first_importer"] == "viapkg" and outer["first_importer"] == "__main__"
     assert mods["__hello__"]["origin"] == "frozen"
     assert mods[builtin]["origin"] == "built-in"
     assert mods[extension]["origin"] == "extension"

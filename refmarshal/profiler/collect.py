@@ -33,8 +33,7 @@ from time import perf_counter_ns as _now
 from _thread import get_ident as _thread_id
 
 # Record fields (a list per module, filled in while the import runs).
-NAME, INDEX, PARENT, IMPORTER, ORIGIN, START, CUM, FIND, LOAD, EXEC, CHILD, PHASE, OK, THREAD = \
-    range(14)
+NAME, INDEX, PARENT, IMPORTER, ORIGIN, CUM, FIND, LOAD, EXEC, CHILD, PHASE, OK = range(12)
 # Phases; CHILD holds the cumulative time of nested imports started in each phase.
 P_OTHER, P_FIND, P_LOAD, P_EXEC = range(4)
 
@@ -65,8 +64,8 @@ def _find_and_load(name, import_):
         if rec[PHASE] == P_EXEC:
             importer = rec[NAME]
             break
-    rec = [name, len(_records), -1 if parent is None else parent[INDEX], importer, "not found",
-           0, 0, 0, 0, 0, [0, 0, 0, 0], P_OTHER, True, tid]
+    rec = [name, len(_records), -1 if parent is None else parent[INDEX], importer, None,
+           0, 0, 0, 0, [0, 0, 0, 0], P_OTHER, True]
     _records.append(rec)
     stack.append(rec)
     t0 = _now()
@@ -79,7 +78,8 @@ def _find_and_load(name, import_):
         t1 = _now()
         stack.pop()
         rec[CUM] = t1 - t0
-        rec[START] = t0
+        if rec[ORIGIN] is None:   # never searched: importing its parent package imported it
+            rec[ORIGIN] = "via parent" if rec[OK] else "failed"
         if parent is not None:
             parent[CHILD][parent[PHASE]] += t1 - t0
 
@@ -95,7 +95,9 @@ def _find_spec(name, path, target=None):
     finally:
         rec[FIND] += _now() - t0
         rec[PHASE] = P_OTHER
-    if spec is not None:
+    if spec is None:
+        rec[ORIGIN] = "not found"
+    else:
         rec[ORIGIN] = _origin_kind(spec)
         _hook_loader(spec.loader)
     return spec
@@ -305,9 +307,8 @@ def main(argv):
         if mode == "timed":
             for name, func in _orig.items():
                 setattr(_bootstrap, name, func)
-        records = [(r[NAME], r[PARENT], r[IMPORTER], r[ORIGIN], r[START], r[CUM], r[FIND],
-                    r[LOAD], r[EXEC], tuple(r[CHILD]), r[OK], r[THREAD] != _MAIN_THREAD)
-                   for r in _records]
+        records = [(r[NAME], r[PARENT], r[IMPORTER], r[ORIGIN] or "unfinished", r[CUM], r[FIND],
+                    r[LOAD], r[EXEC], tuple(r[CHILD]), r[OK]) for r in _records]
         with open(out, "wb") as fh:
             marshal.dump({"records": records, "status": status, "message": message,
                           "exit_code": exit_code, "target_ns": elapsed, "mode": mode,
@@ -316,8 +317,6 @@ def main(argv):
     if exit_code:
         raise SystemExit(exit_code)
 
-
-_MAIN_THREAD = _thread_id()
 
 if __name__ == "_refmarshal_profile_collect":
     main(sys.argv[3:])

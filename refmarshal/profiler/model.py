@@ -108,8 +108,7 @@ def from_collect(data, label):
     """A Run from the dict collect.main() marshals (nanosecond integers)."""
     ns = 1e-9
     modules = []
-    for (name, parent, importer, origin, _start, cum, find, load, exec_gross, child, ok,
-         _other_thread) in data["records"]:
+    for name, parent, importer, origin, cum, find, load, exec_gross, child, ok in data["records"]:
         c_other, c_find, c_load, c_exec = child
         self_ns = cum - sum(child)
         find_self = find - c_find
