@@ -334,8 +334,8 @@ def test_svg_is_self_contained_and_readable(project):
     assert any(label.startswith("synth.heavy ") for label in labels)
     assert any("stock: " in label and "find" in label for label in labels)   # totals line
     tips = [t.text for t in root.iter(f"{ns}title")]
-    assert any(tip.startswith("synth.leaf: cumulative") and "imported via __main__ > synth > "
-               "synth.heavy > synth.leaf" in tip for tip in tips)
+    assert any(tip.startswith("synth.leaf: cumulative") and tip.endswith(
+        "origin source; first imported by synth.heavy") for tip in tips)
 
 
 def test_default_svg_path(project):

@@ -148,7 +148,7 @@ def measure(opts, kind, target, args, label, image, quiet):
     same command without the hooks, and with -X importtime if the timed runs had it: the
     difference is the profiler's own overhead).  Only the first run shows the target's output;
     a target that fails is not run again."""
-    best = plain_time = None
+    best = plain = None
     for i in range(opts.repeat):
         run, log, _ = runner.run_child(kind, target, args, image=image, label=label,
                                        quiet=quiet or i > 0,
@@ -160,11 +160,13 @@ def measure(opts, kind, target, args, label, image, quiet):
             best = run
         if run.status != "ok":
             break
-        plain, _, _ = runner.run_child(kind, target, args, image=image, mode="plain",
+        again, _, _ = runner.run_child(kind, target, args, image=image, mode="plain",
                                        label=label, quiet=True,
                                        importtime_log=opts.check_importtime)
-        plain_time = min(plain_time or plain.target_time, plain.target_time)
-    best.plain_target_time = plain_time
+        if plain is None or again.target_time < plain.target_time:
+            plain = again
+    if plain is not None:
+        best.plain_target_time, best.plain_target_cpu = plain.target_time, plain.target_cpu
     best.repeats = opts.repeat
     return best
 

@@ -29,7 +29,7 @@ import sys
 import marshal
 import _frozen_importlib as _bootstrap
 import _frozen_importlib_external as _external
-from time import perf_counter_ns as _now
+from time import perf_counter_ns as _now, process_time_ns as _cpu_now
 from _thread import get_ident as _thread_id
 
 # Record fields (a list per module, filled in while the import runs).
@@ -290,7 +290,7 @@ def main(argv):
     if mode == "timed":
         _install_hooks()
     status, message, exit_code = "ok", "", 0
-    t0 = _now()
+    t0, cpu0 = _now(), _cpu_now()
     try:
         _run_target(kind, target, args)
     except SystemExit as exc:
@@ -303,7 +303,7 @@ def main(argv):
         exc = exc.with_traceback(_strip_own_frames(exc.__traceback__))
         sys.excepthook(type(exc), exc, exc.__traceback__)
     finally:
-        elapsed = _now() - t0
+        elapsed, cpu = _now() - t0, _cpu_now() - cpu0
         if mode == "timed":
             for name, func in _orig.items():
                 setattr(_bootstrap, name, func)
@@ -311,7 +311,7 @@ def main(argv):
                     r[LOAD], r[EXEC], tuple(r[CHILD]), r[OK]) for r in _records]
         with open(out, "wb") as fh:
             marshal.dump({"records": records, "status": status, "message": message,
-                          "exit_code": exit_code, "target_ns": elapsed, "mode": mode,
+                          "exit_code": exit_code, "target_ns": elapsed, "target_cpu_ns": cpu, "mode": mode,
                           "install_ns": install_ns,
                           "image_active": image_active, "version": sys.version.split()[0]}, fh)
     if exit_code:

@@ -35,6 +35,9 @@ class Run:
     exit_code: int = 0
     target_time: float | None = None        # the target's wall time, instrumented
     plain_target_time: float | None = None  # the same target without instrumentation
+    target_cpu: float | None = None         # CPU time of the target, instrumented ...
+    plain_target_cpu: float | None = None   # ... and not: unlike wall time, not inflated by
+                                            # other processes on a busy machine
     repeats: int = 1            # runs made of each kind; this one is the fastest timed run
     image_active: bool = False
     install_time: float = 0.0   # installing the image finder, before the target started
@@ -92,6 +95,8 @@ class Run:
             "install_seconds": self.install_time,
             "target_seconds": self.target_time,
             "uninstrumented_target_seconds": self.plain_target_time,
+            "target_cpu_seconds": self.target_cpu,
+            "uninstrumented_target_cpu_seconds": self.plain_target_cpu,
             "totals": {"import": self.total, **{p: self.phase_total(p) for p in PHASES}}
             if self.has_phases else {"import": self.total},
             "modules": [{
@@ -121,5 +126,6 @@ def from_collect(data, label):
             other=(self_ns - find_self - load_self - exec_self) * ns, ok=ok))
     return Run(label=label, modules=modules, status=data["status"], message=data["message"],
                exit_code=data["exit_code"], target_time=data["target_ns"] * ns,
+               target_cpu=data["target_cpu_ns"] * ns,
                image_active=data["image_active"], install_time=data["install_ns"] * ns,
                version=data["version"]).link_children()

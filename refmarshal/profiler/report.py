@@ -87,14 +87,18 @@ def summary(runs):
         lines.append(f"installing the image finder took {ms(image.install_time)} ms before the "
                      "target started (not counted above; the .pth hook pays it at every start)")
     for r in runs:
-        if r.target_time is not None and r.plain_target_time:
-            extra = r.target_time - r.plain_target_time
-            lines.append(f"profiler overhead ({RUN_TITLES[r.label]}): the target ran "
-                         f"{ms(r.target_time)} ms instrumented, {ms(r.plain_target_time)} ms "
-                         f"without ({extra * 1e3:+.1f} ms, {extra / r.plain_target_time:+.0%}; "
-                         + ("one run each)" if r.repeats == 1
-                            else f"fastest of {r.repeats} runs each)"))
+        if r.plain_target_time:
+            lines.append(f"profiler overhead ({RUN_TITLES[r.label]}): "
+                         f"{_overhead(r.target_time, r.plain_target_time)} wall, "
+                         f"{_overhead(r.target_cpu, r.plain_target_cpu)} CPU time ("
+                         + ("one run" if r.repeats == 1 else f"fastest of {r.repeats} runs")
+                         + " with and without it)")
     return lines
+
+
+def _overhead(timed, plain):
+    extra = timed - plain
+    return f"{ms(timed)} vs {ms(plain)} ms ({extra * 1e3:+.1f} ms, {extra / plain:+.0%})"
 
 
 def headline(runs):

@@ -144,11 +144,12 @@ def _fit_label(label, name, width):
 
 
 def _tooltip(run, m):
+    """The bar's numbers; the chain above it is the picture itself, so only the importer."""
     phases = ", ".join(f"{p} {ms(m.phase(p))}" for p in PHASES) if m.find is not None else ""
-    chain = " > ".join(run.chain(m))
     return (f"{m.name}: cumulative {ms(m.cumulative)} ms, self {ms(m.self_time)} ms"
             + (f" ({phases})" if phases else "")
-            + f"; origin {m.origin}; imported via {chain}" + ("" if m.ok else "; import failed"))
+            + f"; origin {m.origin}; first imported by {m.importer}"
+            + ("" if m.ok else "; import failed"))
 
 
 def _bar(x, y, w, fill, label, tip):
