@@ -41,6 +41,7 @@ _records = []
 _stacks = {}
 _orig = {}
 _patched = set()
+_kinds = {}          # loader class -> origin kind; its get_code etc. are hooked on first sight
 _IMPORTLIB_FILE = _bootstrap._find_and_load.__code__.co_filename
 
 
@@ -98,8 +99,13 @@ def _find_spec(name, path, target=None):
     if spec is None:
         rec[ORIGIN] = "not found"
     else:
-        rec[ORIGIN] = _origin_kind(spec)
-        _hook_loader(spec.loader)
+        loader = spec.loader
+        cls = loader if isinstance(loader, type) else type(loader)
+        kind = _kinds.get(cls)
+        if kind is None:
+            kind = _kinds[cls] = _origin_kind(cls)
+            _hook_loader(cls)
+        rec[ORIGIN] = kind
     return spec
 
 
@@ -155,11 +161,7 @@ def _subject(arg):
     return arg if isinstance(arg, str) else getattr(arg, "name", None)
 
 
-def _hook_loader(loader):
-    cls = loader if isinstance(loader, type) else type(loader)
-    if cls in _patched:
-        return
-    _patched.add(cls)
+def _hook_loader(cls):
     for attr, wrap in (("get_code", _timed_load), ("create_module", _timed_load),
                        ("source_to_code", _noting_compile)):
         owner = next((k for k in cls.__mro__ if attr in vars(k)), None)
@@ -180,11 +182,9 @@ def _hook_loader(loader):
             pass        # a C type: its modules' load time stays inside exec
 
 
-def _origin_kind(spec):
-    loader = spec.loader
-    if loader is None:
+def _origin_kind(cls):
+    if cls is type(None):
         return "namespace"
-    cls = loader if isinstance(loader, type) else type(loader)
     if cls.__module__.startswith("refmarshal"):
         return "image"
     for base, kind in _ORIGIN_KINDS:
