@@ -99,7 +99,9 @@ def test_synthetic_package_is_attributed(project):
     # each module's own work is its own: busy loops are lower bounds, and nesting is separated
     assert heavy["exec_self"] >= 50 * MS and leaf["exec_self"] >= 20 * MS
     assert synth["exec_self"] >= 5 * MS and light["exec_self"] >= 2 * MS
-    assert synth["exec_self"] < heavy["exec_self"] - leaf["exec_self"]   # 5 vs 30 ms apart
+    # busy loops end on the wall clock, so preemption only adds a little at their end: had
+    # nested imports not been separated, synth's own time would hold heavy's and leaf's 70 ms
+    assert synth["exec_self"] < 60 * MS and light["exec_self"] < 50 * MS
     assert heavy["cumulative"] >= heavy["exec_self"] + leaf["cumulative"]
     assert synth["cumulative"] >= 77 * MS
     # exec dominates; the phases add up to self, and self + children to cumulative
@@ -190,14 +192,15 @@ def f{j}(a, b=({j}, 'x{j}')):
 
 
 def test_image_run_loads_faster_and_executes_the_same(project):
-    """Three modules of 1500 functions each (unmarshalling them is measurable), one with a
-    30 ms busy loop: from the image their load time falls, their execution does not."""
+    """Three modules of 2500 functions each (unmarshalling them is measurable), one with a
+    30 ms busy loop: from the image their load time falls, their execution does not.  The
+    fastest of two runs is compared, so a preempted load is less likely to decide."""
     import refmarshal
     bulk = project / "bulk"
     bulk.mkdir()
     (bulk / "__init__.py").write_text("")
     for i in range(3):
-        body = "".join(BULK_FUNCTION.format(j=j) for j in range(1500))
+        body = "".join(BULK_FUNCTION.format(j=j) for j in range(2500))
         (bulk / f"m{i}.py").write_text(body + ("from synth._busy import busy\nbusy(30)\n"
                                                if i == 0 else ""))
     subprocess.run([sys.executable, "-m", "compileall", "-q", "bulk", "synth"], cwd=project,
@@ -206,7 +209,8 @@ def test_image_run_loads_faster_and_executes_the_same(project):
     refmarshal.build(project / "bulk.img", [
         (n, project / (n.replace(".", "/") + ".py" if "." in n else "bulk/__init__.py"))
         for n in names])
-    proc, data = profile(project, "--image", "bulk.img", "-c", "import bulk.m0, bulk.m1, bulk.m2")
+    proc, data = profile(project, "--image", "bulk.img", "-c", "import bulk.m0, bulk.m1, bulk.m2",
+                         repeat=2)
     image, stock = modules(data, "image"), modules(data, "stock")
     assert [image[n]["origin"] for n in names] == ["image"] * 4
     assert [stock[n]["origin"] for n in names] == ["pyc"] * 4
