@@ -265,10 +265,12 @@ def test_target_exit_status(project):
 
 @pytest.mark.parametrize("target, message", [
     (["missing.py"], "can't open file 'missing.py': no such file"),
+    (["synth"], "'synth' is a directory"),
+    (["--svg", "no/such/dir/x.svg", "-c", "pass"], "cannot write no/such/dir/x.svg"),
     (["-m", "no_such_module_x"], "No module named no_such_module_x"),
     ([], "nothing to profile"),
 ])
-def test_target_that_does_not_exist(project, target, message):
+def test_bad_input_gives_one_error_line(project, target, message):
     proc, _ = profile(project, "--only", "stock", *target, check=False)
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr

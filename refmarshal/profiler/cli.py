@@ -110,6 +110,8 @@ def profile(opts, kind, target, args):
     if kind is None:
         raise ProfileError("nothing to profile: give -c CODE, -m MODULE, a script or "
                            "--importtime LOG (see --help)")
+    if kind == "script" and os.path.isdir(target):
+        raise ProfileError(f"{target!r} is a directory: profile its __main__.py, or use -m")
     if kind == "script" and not os.path.isfile(target):
         raise ProfileError(f"can't open file {target!r}: no such file")
     if opts.limit < 0:
@@ -219,11 +221,14 @@ def finish(opts, runs, title, failure):
             print(f"-X importtime of the same {run.label} run: {len(deltas)} modules compared, "
                   f"cumulative times differ by {deltas[len(deltas) // 2] * 1e6:.0f} us "
                   f"(median), {deltas[-1] * 1e6:.0f} us at most")
-    if opts.json:
-        with open(opts.json, "w", encoding="utf-8") as fh:
-            json.dump({"title": title, "runs": [r.to_json() for r in runs]}, fh, indent=1)
-        print(f"json: {os.path.abspath(opts.json)}")
-    svg.write(opts.svg, runs, title)
+    try:
+        if opts.json:
+            with open(opts.json, "w", encoding="utf-8") as fh:
+                json.dump({"title": title, "runs": [r.to_json() for r in runs]}, fh, indent=1)
+            print(f"json: {os.path.abspath(opts.json)}")
+        svg.write(opts.svg, runs, title)
+    except OSError as exc:
+        raise ProfileError(f"cannot write {exc.filename}: {exc.strerror}") from None
     print(f"svg: {os.path.abspath(opts.svg)}")
     if failure:
         print(f"refmarshal profile: error: {failure}", file=sys.stderr)
