@@ -313,6 +313,17 @@ def test_parent_package_logged_inside_its_submodule():
     assert run.total == pytest.approx(130e-6)
 
 
+def test_importtime_comparison_skips_ambiguous_names():
+    log = importtime.parse(textwrap.dedent("""\
+        import time:        10 |         10 |     a.b
+        import time:        20 |         30 |   a
+        import time:       100 |        130 | a.b
+        import time:         7 |          7 | c
+        """))
+    ours = importtime.parse("import time: 40 | 40 | a\nimport time: 8 | 8 | c\n")
+    assert cli.same_imports(ours, log) == {"a": pytest.approx(30e-6), "c": pytest.approx(7e-6)}
+
+
 @pytest.mark.parametrize("text, where", [
     ("import time: 12 | x | foo\n", ":1:"),
     ("import time: self [us] | cumulative | imported package\nimport time:  5 |  3 | m\n", ":2:"),
