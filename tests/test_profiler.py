@@ -181,6 +181,18 @@ def test_profiling_changes_nothing_the_target_sees(project):
     assert proc.stdout[:len(direct)] == direct
 
 
+def test_safe_path_is_honoured(project):
+    env = dict(os.environ, PYTHONSAFEPATH="1")
+    direct = subprocess.run([sys.executable, "script.py"], cwd=project, capture_output=True,
+                            text=True, env=env)
+    assert "No module named 'synth'" in direct.stderr
+    proc = subprocess.run([sys.executable, "-m", "refmarshal.profiler", "--only", "stock",
+                           "--repeat", "1", "script.py"], cwd=project, capture_output=True,
+                          text=True, env=env)
+    assert proc.returncode == 1
+    assert "No module named 'synth'" in proc.stderr
+
+
 SYNTH_PRINT = "import sys, synth; print('argv', sys.argv, __name__, repr(sys.path[0]))"
 
 

@@ -238,16 +238,16 @@ def _run_target(kind, target, args):
     main = sys.modules["__main__"]
     if kind == "-c":
         sys.argv[:] = ["-c", *args]
-        sys.path[0] = ""
+        _set_path0("")
         exec(compile(target, "<string>", "exec"), main.__dict__)
     elif kind == "-m":
         import runpy
         sys.argv[:] = ["-m", *args]
-        sys.path[0] = os.getcwd()
+        _set_path0(os.getcwd())
         runpy._run_module_as_main(target, alter_argv=True)
     else:
         sys.argv[:] = [target, *args]
-        sys.path[0] = os.path.dirname(os.path.realpath(target))
+        _set_path0(os.path.dirname(os.path.realpath(target)))
         path = os.path.abspath(target)       # python makes __main__.__file__ absolute
         with open(path, "rb") as fh:
             source = fh.read()
@@ -255,6 +255,12 @@ def _run_target(kind, target, args):
         main.__cached__ = None
         main.__loader__ = _external.SourceFileLoader("__main__", path)
         exec(compile(source, path, "exec"), main.__dict__)
+
+
+def _set_path0(entry):
+    """With PYTHONSAFEPATH (-P) python prepends nothing to sys.path, nor did the bootstrap."""
+    if not sys.flags.safe_path:
+        sys.path[0] = entry
 
 
 def _match_python_startup(kind, target):
