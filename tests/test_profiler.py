@@ -235,7 +235,7 @@ def test_image_run_loads_faster_and_executes_the_same(project):
 def test_without_an_image_runs_stock_only(project):
     proc, data = profile(project, "--image", "none.img", "-c", "import synth")
     assert proc.stderr.splitlines() == [
-        f"refmarshal profile: no image at none.img (build one with `refmarshal build`); "
+        "refmarshal profile: no image at none.img (build one with `refmarshal build`); "
         "running stock import only"]
     assert [r["run"] for r in data["runs"]] == ["stock"]
     proc, _ = profile(project, "--only", "image", "--image", "none.img", "-c", "pass",

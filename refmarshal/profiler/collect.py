@@ -317,9 +317,9 @@ def main(argv):
                     r[LOAD], r[EXEC], tuple(r[CHILD]), r[OK]) for r in _records]
         with open(out, "wb") as fh:
             marshal.dump({"records": records, "status": status, "message": message,
-                          "exit_code": exit_code, "target_ns": elapsed, "target_cpu_ns": cpu, "mode": mode,
-                          "install_ns": install_ns,
-                          "image_active": image_active, "version": sys.version.split()[0]}, fh)
+                          "exit_code": exit_code, "target_ns": elapsed, "target_cpu_ns": cpu,
+                          "mode": mode, "install_ns": install_ns, "image_active": image_active,
+                          "version": sys.version.split()[0]}, fh)
     if exit_code:
         raise SystemExit(exit_code)
 
