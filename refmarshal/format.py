@@ -106,7 +106,8 @@ def build_flags():
 
 def fingerprint():
     """The 112-byte fingerprint of the running interpreter build: spec 2.2."""
-    from importlib.util import MAGIC_NUMBER
+    # the bootstrap module is always loaded; importlib.util would cost milliseconds at start-up
+    from _frozen_importlib_external import MAGIC_NUMBER
     return FINGERPRINT.pack(
         sys.hexversion, MAGIC_NUMBER, struct.calcsize("P"),
         ord("L") if sys.byteorder == "little" else ord("B"), build_flags(),
@@ -163,3 +164,13 @@ def check_header(hdr, file_size):
         raise ImageError("string index size does not match string count")
     return dict(base=base, modules=nmod, strings=nstr, optimize=flags & FLAG_OPTIMIZE_MASK,
                 fingerprint=fp, sections=sections)
+
+
+class ModuleEntry:
+    """One directory entry ([DIR-1]), as both readers return it."""
+    __slots__ = ("name", "path", "mtime_ns", "size", "is_package", "seg_off", "seg_size",
+                 "root", "reloc_index", "reloc_count", "reloc_nonptr", "data_crc")
+
+    def __init__(self, **kw):
+        for k, v in kw.items():
+            setattr(self, k, v)

@@ -10,7 +10,8 @@ by construction; everything else about the module (``__file__``, ``__cached__``,
 
 Any problem with the image disables it with one ``RefmarshalWarning`` and stock import goes
 on.  Modules are loaded only through the accelerator, never the (slow) reference reader.
-This module is imported at every interpreter start by the ``.pth`` hook: keep imports minimal.
+The start-up hook (``_startup``) imports this module at the first import of a process: keep
+its imports minimal.
 """
 
 import os
@@ -19,7 +20,8 @@ import sys
 # a millisecond (on 3.12 it imports warnings), while the frozen module is always loaded.
 from _frozen_importlib_external import PathFinder, SourceFileLoader
 
-from .errors import ImageError, RefmarshalWarning
+from ._startup import PendingFinder, default_image_path
+from .errors import RefmarshalWarning
 
 PTH_NAME = "refmarshal.pth"
 
@@ -27,16 +29,15 @@ __all__ = ["install", "uninstall", "default_image_path", "pth_text", "PTH_NAME",
            "ImageLoader"]
 
 
-def default_image_path():
-    """The image ``refmarshal build`` writes by default: inside the environment, one per
-    interpreter version."""
-    return os.path.join(sys.prefix, "share", "refmarshal", sys.implementation.cache_tag + ".img")
-
-
-def pth_text():
+def pth_text(image=None):
     """The line ``refmarshal enable`` writes to ``PTH_NAME`` in site-packages.  site executes
     lines starting with ``import``; the try keeps interpreter start silent if refmarshal was
-    uninstalled and the file left behind."""
+    uninstalled and the file left behind.  ``image``: an image other than the default
+    (``REFMARSHAL_IMAGE`` still overrides it)."""
+    if image is not None:
+        code = ("try: import refmarshal._startup as s\nexcept ImportError: s = None\n"
+                f"if s: s.run({os.fspath(image)!r})")
+        return f"import sys; exec({code!r})\n"
     return ('import sys; exec("try: import refmarshal._startup as s\\n'
             'except ImportError: s = None\\nif s: s.run()")\n')
 
@@ -130,6 +131,10 @@ class ImageLoader(SourceFileLoader):
         super().__init__(fullname, path)
         self.finder = finder
 
+    def __reduce__(self):
+        # a copy or a pickle (of a spec, say) is the stock loader: the image stays here
+        return SourceFileLoader, (self.name, self.path)
+
     def get_code(self, fullname):
         if fullname == self.name:
             code = self.finder._code(fullname)
@@ -138,9 +143,31 @@ class ImageLoader(SourceFileLoader):
         return super().get_code(fullname)
 
 
-def _decline(path, reason):
-    _warn(f"{path}: {reason}", stacklevel=4)   # attributed to install's caller
+def _decline(path, reason, stacklevel=4):
+    _warn(f"{path}: {reason}", stacklevel)   # attributed to install's caller
     return None
+
+
+def _open(path, checked):
+    """An ImageFinder for the image at path, or None after one warning."""
+    try:
+        from ._accel.loader import AccelImage
+    except ImportError as exc:
+        return _decline(path, f"the accelerator is unavailable ({exc})", 5)
+    try:
+        image = AccelImage(path)
+    except Exception as exc:
+        if not os.path.exists(path):
+            return _decline(path, "no image here (build one with `refmarshal build`)", 5)
+        reason = str(exc)
+        if reason.startswith(path + ": "):
+            reason = reason[len(path) + 2:]
+        return _decline(path, reason, 5)
+    level = image.header["optimize"]
+    if level != sys.flags.optimize:
+        return _decline(path, f"built at optimization level {level}, this interpreter runs "
+                              f"at level {sys.flags.optimize}", 5)
+    return ImageFinder(image, checked)
 
 
 def install(path=None, *, checked=True):
@@ -149,41 +176,35 @@ def install(path=None, *, checked=True):
 
     ``checked`` (the default) compares each module's source mtime and size with the image's
     record; unchecked trusts the image.  Returns None after one ``RefmarshalWarning`` when the
-    image cannot be used.  Installing the same image twice returns the installed finder."""
+    image cannot be used.  Installing the same image twice returns the installed finder; a
+    PendingFinder for it (the start-up hook's) is replaced in place."""
     path = os.path.abspath(default_image_path() if path is None else os.fspath(path))
-    for f in sys.meta_path:
-        if isinstance(f, ImageFinder) and f.path == path and not f.disabled:
-            f.checked = checked
-            return f
-    try:
-        from ._accel.loader import AccelImage
-    except ImportError as exc:
-        return _decline(path, f"the accelerator is unavailable ({exc})")
-    if PathFinder not in sys.meta_path:
+    mp = sys.meta_path
+    slot = None
+    for i, f in enumerate(mp):
+        if type(f) in (ImageFinder, PendingFinder) and f.path == path:
+            if type(f) is ImageFinder and not f.disabled:
+                f.checked = checked
+                return f
+            slot = i
+    if PathFinder not in mp:
         return _decline(path, "the standard PathFinder is not on sys.meta_path")
-    try:
-        image = AccelImage(path)
-    except Exception as exc:
-        if not os.path.exists(path):
-            return _decline(path, "no image here (build one with `refmarshal build`)")
-        reason = str(exc)
-        if reason.startswith(path + ": "):
-            reason = reason[len(path) + 2:]
-        return _decline(path, reason)
-    level = image.header["optimize"]
-    if level != sys.flags.optimize:
-        return _decline(path, f"built at optimization level {level}, this interpreter runs "
-                              f"at level {sys.flags.optimize}")
-    finder = ImageFinder(image, checked)
-    uninstall(path)   # a disabled finder for this image, if any
-    sys.meta_path.insert(sys.meta_path.index(PathFinder), finder)
+    finder = _open(path, checked)
+    if finder is None:
+        return None
+    if slot is None:
+        mp.insert(mp.index(PathFinder), finder)
+    else:
+        mp[slot] = finder   # in place: the import system may be walking sys.meta_path now
     return finder
 
 
 def uninstall(path=None):
     """Remove the finder for the image at ``path`` (default: every refmarshal finder) from
-    ``sys.meta_path``.  Modules already imported keep their code."""
+    ``sys.meta_path``.  Modules already imported keep their code.  (Not from inside an
+    import: the import system may be walking ``sys.meta_path``.)"""
     if path is not None:
         path = os.path.abspath(os.fspath(path))
     sys.meta_path[:] = [f for f in sys.meta_path
-                        if not (isinstance(f, ImageFinder) and (path is None or f.path == path))]
+                        if not (type(f) in (ImageFinder, PendingFinder)
+                                and (path is None or f.path == path))]

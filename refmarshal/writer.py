@@ -327,8 +327,9 @@ def encode_image(layout, modules, optimize):
         seg.place(modules[n][4])
         segments.append(seg)
 
-    # [STR-2] strings in canonical order; each object 8-aligned in the string heap.
-    keys = sorted(strings, key=lambda k: (k[0].encode("utf-8", "surrogatepass"), k[1]))
+    # [STR-2] strings in order of first use (dicts keep insertion order); each object
+    # 8-aligned in the string heap.
+    keys = list(strings)
     string_objs = []
     for i, k in enumerate(keys):
         strings[k] = i
