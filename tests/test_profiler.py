@@ -229,7 +229,7 @@ def test_image_run_loads_faster_and_executes_the_same(project):
     assert sum(image[n]["load"] for n in names) < sum(stock[n]["load"] for n in names)
     assert image["bulk.m0"]["exec_self"] >= 30 * MS and stock["bulk.m0"]["exec_self"] >= 30 * MS
     assert "the image changed import time by" in proc.stdout
-    assert "installing the image finder took" in proc.stdout
+    assert "opening the image and installing its finder took" in proc.stdout
 
 
 def test_without_an_image_runs_stock_only(project):

@@ -84,8 +84,9 @@ def summary(runs):
     lines += headline(runs)
     image = next((r for r in runs if r.label == "image"), None)
     if image is not None and image.install_time:
-        lines.append(f"installing the image finder took {ms(image.install_time)} ms before the "
-                     "target started (not counted above; the .pth hook pays it at every start)")
+        lines.append(f"opening the image and installing its finder took "
+                     f"{ms(image.install_time)} ms before the target started (not counted above; "
+                     "the .pth hook pays it at a process's first import)")
     for r in runs:
         if r.plain_target_time:
             lines.append(f"profiler overhead ({RUN_TITLES[r.label]}): "
