@@ -380,3 +380,4 @@ def test_split_target_stops_at_the_program():
     assert cli.split_target(["--limit", "3", "prog.py", "-c", "y"]) == \
         (["--limit", "3"], "script", "prog.py", ["-c", "y"])
     assert cli.split_target(["--only", "stock"]) == (["--only", "stock"], None, None, [])
+    assert cli.split_target(["-mjson.tool", "-h"]) == ([], "-m", "json.tool", ["-h"])

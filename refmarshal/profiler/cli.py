@@ -66,6 +66,8 @@ def split_target(argv):
             if i + 1 >= len(argv):
                 raise ProfileError(f"argument {tok}: expected one argument")
             return argv[:i], tok, argv[i + 1], argv[i + 2:]
+        if tok[:2] in ("-c", "-m") and not tok.startswith("--"):    # -cCODE, as python takes
+            return argv[:i], tok[:2], tok[2:], argv[i + 1:]
         if tok == "--":
             rest = argv[i + 1:]
             return (argv[:i], "script", rest[0], rest[1:]) if rest else (argv[:i], None, None, [])
