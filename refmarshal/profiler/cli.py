@@ -97,6 +97,9 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("refmarshal profile: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:      # e.g. piped into head: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 def profile(opts, kind, target, args):
@@ -231,7 +234,8 @@ def finish(opts, runs, title, failure):
     for line in report.summary(runs):
         print(line)
     for run in runs:
-        print(f"origins ({report.RUN_TITLES[run.label]}): {report.origins(run)}")
+        if run.has_phases:
+            print(f"origins ({report.RUN_TITLES[run.label]}): {report.origins(run)}")
         if run.importtime:
             deltas = sorted(abs(m.cumulative - run.importtime[m.name]) for m in run.modules
                             if m.name in run.importtime)

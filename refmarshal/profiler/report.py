@@ -5,7 +5,7 @@ import shutil
 from .model import PHASES
 
 SORT_KEYS = {
-    "exec": lambda m: m.exec_self if m.exec_self is not None else m.self_time,
+    "exec": lambda m: m.exec_self,
     "self": lambda m: m.self_time,
     "cumulative": lambda m: m.cumulative,
     "load": lambda m: m.load or 0.0,
@@ -23,14 +23,15 @@ def table(run, *, sort="exec", limit=20, compare=None, width=None):
     """Rows for the slowest modules of run.  compare: the stock run, whose load time is shown
     beside the image run's so the saving per module is visible."""
     width = width or shutil.get_terminal_size((120, 24)).columns
+    phases = run.has_phases
+    if not phases and sort == "exec":
+        sort = "self"           # an importtime log has no phases: its self time is the nearest
     modules = sorted(run.modules, key=SORT_KEYS[sort], reverse=sort != "name")
     if limit:
         modules = modules[:limit]
-    phases = run.has_phases
-    heads = ["exec self", "load", "find", "cum"] if phases else ["self", "cum"]
+    heads = ["exec self", "load", "find", "cum", "origin"] if phases else ["self", "cum"]
     if compare is not None and phases:
         heads.insert(2, "load stock")
-    heads += ["origin"]
     rows = []
     for m in modules:
         cells = [ms(m.exec_self), ms(m.load), ms(m.find), ms(m.cumulative)] if phases \
@@ -38,14 +39,14 @@ def table(run, *, sort="exec", limit=20, compare=None, width=None):
         if compare is not None and phases:
             other = compare.first(m.name)
             cells.insert(2, ms(other.load) if other is not None else "-")
-        rows.append((cells + [m.origin], m.name, run.chain(m)[:-1]))
+        rows.append((cells + [m.origin] if phases else cells, m.name, run.chain(m)[:-1]))
     widths = [max([len(h)] + [len(r[0][i]) for r in rows]) for i, h in enumerate(heads)]
     name_w = min(40, max([6] + [len(r[1]) for r in rows]))
     lead = "  ".join(h.rjust(w) for h, w in zip(heads, widths))
     lines = [f"{lead}  {'module'.ljust(name_w)}  imported via   (times in ms, sorted by {sort})"]
     room = max(20, width - len(lead) - name_w - 4)
     for cells, name, chain in rows:
-        cols = "  ".join(c.rjust(w) if i < len(heads) - 1 else c.ljust(w)
+        cols = "  ".join(c.ljust(w) if heads[i] == "origin" else c.rjust(w)
                          for i, (c, w) in enumerate(zip(cells, widths)))
         lines.append(f"{cols}  {_fit(name, name_w).ljust(name_w)}  {_chain(chain, room)}")
     return lines
