@@ -48,6 +48,16 @@ def _warn(message, stacklevel=2):
                   stacklevel=stacklevel)
 
 
+def _warn_in_import(message):
+    """_warn from inside an import: under -W error the warning must not fail the import that
+    stock would have done, so it is said on stderr instead."""
+    try:
+        _warn(message, 3)
+    except Exception as exc:
+        from ._startup import report
+        report(exc)
+
+
 class ImageFinder:
     """Finds as ``PathFinder`` does; loads from ``image`` what the image holds unchanged.
 
@@ -87,7 +97,7 @@ class ImageFinder:
             return None
         except Exception as exc:   # a bad directory: the image can no longer be trusted
             self.disabled = True   # (not removed from sys.meta_path while it is being walked)
-            _warn(f"{self.path}: {exc}; image disabled")
+            _warn_in_import(f"{self.path}: {exc}; image disabled")
             return None
         if not self._next_is_path_finder():
             return None
@@ -108,7 +118,7 @@ class ImageFinder:
         except Exception as exc:
             self._failed.add(fullname)
             self.fallbacks += 1
-            _warn(f"{self.path}: module {fullname}: {exc}")
+            _warn_in_import(f"{self.path}: module {fullname}: {exc}")
             return None
         self.hits += 1
         return code

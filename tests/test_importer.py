@@ -503,6 +503,12 @@ def test_bad_module_alone_goes_stock(tree):
     assert (who, own_mod, g, own_pkg) == ("tree", False, "gh", True)
     assert len(msgs) == 1 and msgs[0].startswith(f"refmarshal: {img}: module mod: ")
     assert fallbacks == 2 and hits == 4     # the reload goes to stock without a second warning
+    # -W error: the import still works as stock, and the message is one line on stderr
+    r = script("import mod\nemit([mod.WHO, owned(mod)])\n", "checked", img, cwd,
+               flags=["-W", "error"], pythonpath=[src])
+    assert json.loads(r.stdout) == ["tree", False]
+    assert r.stderr.startswith(f"refmarshal: {img}: module mod: ") and "Traceback" not in r.stderr
+    assert len(r.stderr.splitlines()) == 1
 
 
 # ---------------------------------------------------------------------------------------
@@ -694,6 +700,15 @@ def test_pth_hook_in_a_virtual_environment(venv, tree):
         r = run(["-c", probe], cwd, python=python, pythonpath=[src])
         assert r.stdout == "0 [] [] tree\n"
         assert r.stderr.count("RefmarshalWarning") == 1 and default in r.stderr
+        # an image named in the .pth line (enable --image); REFMARSHAL_IMAGE still wins
+        with open(pth, "w") as fh:
+            fh.write(importer.pth_text(img))
+        r = run(["-c", probe], cwd, python=python, pythonpath=[src])
+        assert (r.stdout, r.stderr) == ("1 True 5 tree\n", "")
+        other = cwd.parent / "other.img"
+        r = run(["-c", probe], cwd, python=python, pythonpath=[src],
+                env={"REFMARSHAL_IMAGE": str(other)})
+        assert r.stdout == "0 [] [] tree\n" and str(other) in r.stderr
         # refmarshal uninstalled but the .pth left behind: a silent start
         os.rename(os.path.join(site, "_refmarshal_for_tests.pth"), os.path.join(site, "off"))
         try:
@@ -706,6 +721,47 @@ def test_pth_hook_in_a_virtual_environment(venv, tree):
                       os.path.join(site, "_refmarshal_for_tests.pth"))
     finally:
         os.unlink(pth)
+
+
+def test_threads_loading_at_once_each_get_their_module(tmp_path, stdlib_image):
+    """The accelerator hands a loaded code object over through a list while the GIL is
+    released: threads loading at once (as threads importing at once do) must not swap them.
+    The standard library's image makes loads long enough for threads to meet."""
+    src = tmp_path / "src"
+    names = [f"m{i:03d}" for i in range(240)]
+    write_tree(src, {f"{n}.py": MODCODE + f"NAME = {n!r}\n" + "def f():\n    return NAME\n" * 20
+                     for n in names})
+    img = tmp_path / "many.img"
+    refmarshal.build(img, [(n, src / f"{n}.py") for n in names])
+    body = '''
+        import importlib, threading
+        from refmarshal._accel.loader import AccelImage
+        names = sys.argv[3].split(",")
+        big = AccelImage(sys.argv[4])
+        wrong = []
+        def run_threads(fn, items):
+            ts = [threading.Thread(target=fn, args=(items[i::8],)) for i in range(8)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join()
+        def load(chunk):
+            for n in chunk:
+                if big.get_code(n).co_filename != big.entry(n).path:
+                    wrong.append(n)
+        def imp(chunk):
+            for n in chunk:
+                m = importlib.import_module(n)
+                if m.NAME != n or m.MODCODE.co_filename != m.__file__ or not owned(m):
+                    wrong.append(n)
+        sys.setswitchinterval(1e-6)
+        run_threads(load, big.names()[:600])
+        run_threads(imp, names)
+        emit([wrong, finder.hits])
+    '''
+    r = script(body, "checked", img, tmp_path, ",".join(names), stdlib_image[0],
+               pythonpath=[src])
+    assert r.stderr == "" and json.loads(r.stdout) == [[], len(names)]
 
 
 # ---------------------------------------------------------------------------------------
