@@ -277,11 +277,13 @@ class BuildResult:
                 f"bytes={self.size}, strings={self.strings})")
 
 
-def build(path, entries, *, optimize=-1):
+def build(path, entries, *, optimize=-1, jobs=1, progress=None):
     """Write an image of ``entries`` (pairs of module name and source path) to ``path``.
 
     Modules whose source cannot be read or compiled are skipped and listed in the result.
-    The file is written to a temporary name and renamed into place.
+    The file is written to a temporary name and renamed into place.  ``jobs`` > 1 compiles
+    modules in that many processes (the bytes written are the same); ``progress(done, total,
+    name)`` is called after each module is compiled.
     """
     layout = current()
     if layout is None:
@@ -289,17 +291,14 @@ def build(path, entries, *, optimize=-1):
     level = sys.flags.optimize if optimize == -1 else optimize
     result = BuildResult()
     modules = {}
-    for name, source_path in entries:
-        source_path = os.fspath(source_path)
-        try:
-            st = os.stat(source_path)
-            code = compile_module(source_path, level)
-            graph = code_graph(code)
-        except (OSError, SyntaxError, ValueError, ImageError) as exc:
-            result.skipped.append((name, source_path, f"{type(exc).__name__}: {exc}"))
-            continue
-        is_pkg = os.path.basename(source_path).rpartition(".")[0] == "__init__"
-        modules[name] = (source_path, st.st_mtime_ns, st.st_size, is_pkg, graph)
+    work = [(name, os.fspath(source_path), level) for name, source_path in entries]
+    for done, (name, source_path, prepared) in enumerate(_prepare_all(work, jobs), 1):
+        if type(prepared) is str:
+            result.skipped.append((name, source_path, prepared))
+        else:
+            modules[name] = prepared
+        if progress is not None:
+            progress(done, len(work), name)
     data = encode_image(layout, modules, level)
     tmp = f"{os.fspath(path)}.tmp{os.getpid()}"
     try:
@@ -313,6 +312,71 @@ def build(path, entries, *, optimize=-1):
     result.size = len(data)
     result.strings = struct.unpack_from("<I", data, 36)[0]
     return result
+
+
+def _prepare(item):
+    """One module's part of build() that needs no other module: stat, compile, graph.
+    Returns (name, source path, (path, mtime_ns, size, is_pkg, graph) or the skip reason)."""
+    name, source_path, level = item
+    try:
+        st = os.stat(source_path)
+        graph = code_graph(compile_module(source_path, level))
+    except (OSError, SyntaxError, ValueError, ImageError) as exc:
+        return name, source_path, f"{type(exc).__name__}: {exc}"
+    is_pkg = os.path.basename(source_path).rpartition(".")[0] == "__init__"
+    return name, source_path, (source_path, st.st_mtime_ns, st.st_size, is_pkg, graph)
+
+
+def _prepare_all(work, jobs):
+    """_prepare over ``work``, in order, in ``jobs`` processes when that is worth starting them."""
+    if jobs <= 1 or len(work) < 2 * _CHUNK:
+        yield from map(_prepare, work)
+        return
+    import multiprocessing
+    with multiprocessing.get_context("fork").Pool(jobs) as pool:
+        for name, source_path, packed in pool.imap(_prepare_packed, work, chunksize=_CHUNK):
+            yield name, source_path, packed if type(packed) is str else _unpack(packed)
+
+
+# A graph crosses processes with its sharing intact: pickle keeps the identity of most objects
+# but not of ints and floats, which the writer places once per object (by id), so numbers go
+# through a side table, one entry per object.
+_NUMBERS = (int, float, complex)
+
+
+def _prepare_packed(item):
+    import io
+    import pickle
+    name, source_path, prepared = _prepare(item)
+    if type(prepared) is str:
+        return name, source_path, prepared
+    table, index = [], {}
+
+    def number_id(obj):
+        if type(obj) in _NUMBERS:
+            if id(obj) not in index:
+                index[id(obj)] = len(table)
+                table.append(obj)
+            return index[id(obj)]
+        return None
+
+    buf = io.BytesIO()
+    pickler = pickle.Pickler(buf, pickle.HIGHEST_PROTOCOL)
+    pickler.persistent_id = number_id
+    pickler.dump(prepared)
+    return name, source_path, (pickle.dumps(table, pickle.HIGHEST_PROTOCOL), buf.getvalue())
+
+
+def _unpack(packed):
+    import io
+    import pickle
+    table = pickle.loads(packed[0])
+    unpickler = pickle.Unpickler(io.BytesIO(packed[1]))
+    unpickler.persistent_load = table.__getitem__
+    return unpickler.load()
+
+
+_CHUNK = 16
 
 
 def encode_image(layout, modules, optimize):
