@@ -163,3 +163,13 @@ def check_header(hdr, file_size):
         raise ImageError("string index size does not match string count")
     return dict(base=base, modules=nmod, strings=nstr, optimize=flags & FLAG_OPTIMIZE_MASK,
                 fingerprint=fp, sections=sections)
+
+
+class ModuleEntry:
+    """One directory entry ([DIR-1]), as both readers return it."""
+    __slots__ = ("name", "path", "mtime_ns", "size", "is_package", "seg_off", "seg_size",
+                 "root", "reloc_index", "reloc_count", "reloc_nonptr", "data_crc")
+
+    def __init__(self, **kw):
+        for k, v in kw.items():
+            setattr(self, k, v)

@@ -13,18 +13,10 @@ import struct
 from . import format as F
 from .bytecode import deoptimize
 from .errors import ImageError
+from .format import ModuleEntry
 from .graph import Code, FrozenSet, Str, emit_marshal, walk_code, walk_nodes
 from .layouts import current
 from .writer import derived_code_fields, reset_value, str_kind
-
-
-class ModuleEntry:
-    __slots__ = ("name", "path", "mtime_ns", "size", "is_package", "seg_off", "seg_size",
-                 "root", "reloc_index", "reloc_count", "reloc_nonptr", "data_crc")
-
-    def __init__(self, **kw):
-        for k, v in kw.items():
-            setattr(self, k, v)
 
 
 def read_entry(mem, sections, i):

@@ -1,8 +1,9 @@
-"""The accelerator's Python side: policy and validation of what the C side maps.
+"""The accelerator's Python side: policy around what rm_loader.c does.
 
-``AccelImage`` has the API of ``reader.ReferenceImage``.  The header and the directory entries
-it visits are checked here (cheaply: binary search touches log2(n) entries, and only the found
-one is checksummed); the module's bytes are checked and fixed up in C (rm_loader.c).
+``AccelImage`` has the API of ``reader.ReferenceImage``.  C does the directory lookup, the
+checks and the fix-ups; Python checks the header once and caches what it handed out.  This
+module is on the import hook's path at every interpreter start, so it imports only the
+container constants (format.py), never the reference reader or writer.
 """
 
 import os
@@ -10,7 +11,6 @@ import sys
 
 from .. import format as F
 from ..errors import ImageError
-from ..reader import read_entry, read_entry_name
 from ._loader import ffi, lib
 
 if lib.rm_python_version() >> 16 != sys.hexversion >> 16:
@@ -22,84 +22,101 @@ if lib.rm_bind_inbox(__name__.encode(), b"_inbox") != 0:
     raise ImportError("refmarshal accelerator: cannot bind its result list")
 
 _ERRLEN = 256
+# How the image's bytes are brought into memory (rm_loader.h); benchmarks compare them.
+MODES = {"huge-pages": lib.RM_MODE_HUGE_PAGES, "small-pages": lib.RM_MODE_SMALL_PAGES,
+         "file-mapping": lib.RM_MODE_FILE_MAPPING}
 
 
 class AccelImage:
-    """An image mapped into memory; modules are fixed up in place on first request."""
+    """An image whose modules are brought into memory and fixed up in place on first request."""
 
     implementation = "accel"
 
-    def __init__(self, path):
+    def __init__(self, path, mode="huge-pages"):
         self.path = os.fspath(path)
-        err = ffi.new("char[]", _ERRLEN)
-        handle = lib.rm_open(os.fsencode(self.path), err, _ERRLEN)
+        self._err = ffi.new("char[]", _ERRLEN)
+        handle = lib.rm_open(os.fsencode(self.path), MODES[mode], self._err, _ERRLEN)
         if handle == ffi.NULL:
-            raise ImageError(f"{self.path}: {ffi.string(err).decode(errors='replace')}")
+            raise ImageError(f"{self.path}: {self._error()}")
         self._handle = handle
         self._base = int(ffi.cast("uintptr_t", lib.rm_base(handle)))
         self._size = lib.rm_size(handle)
-        self._mem = ffi.buffer(lib.rm_base(handle), self._size)
         try:
-            self.header = F.check_header(bytes(self._mem[:F.HEADER_SIZE]), self._size)
-            self.sections = self.header["sections"]
+            header = bytes(ffi.buffer(lib.rm_header(handle), F.HEADER_SIZE))
+            self.header = F.check_header(header, self._size)
         except ImageError as exc:
             self._handle = None          # closed here, not again by __del__
             lib.rm_close(handle)
             raise ImageError(f"{self.path}: {exc}") from None
+        self.sections = self.header["sections"]
         self._codes = {}
         self._entries = {}
 
     def __del__(self):
-        # rm_close keeps the mapping while any module's code lives in it ([LOAD-4])
+        # rm_close keeps the memory while any module's code lives in it ([LOAD-4])
         handle = getattr(self, "_handle", None)
         if handle is not None:
             self._handle = None
             lib.rm_close(handle)
 
+    def _error(self):
+        return ffi.string(self._err).decode(errors="replace")
+
     @property
     def relocated(self):
-        """True when the file could not be mapped at its preferred base (PTR records applied)."""
+        """True when the image is not at its preferred base (PTR records applied)."""
         return bool(lib.rm_relocated(self._handle))
 
     def owns(self, obj):
         return self._base <= id(obj) < self._base + self._size
 
     # -- directory ([DIR-1], [DIR-2]) --
+    def _entry_at(self, index):
+        info = ffi.new("rm_entry_info *")
+        if lib.rm_entry(self._handle, index, info, self._err, _ERRLEN) != 0:
+            raise ImageError(f"{self.path}: {self._error()}")
+        return F.ModuleEntry(
+            name=ffi.unpack(info.name, info.name_len).decode("utf-8"),
+            path=os.fsdecode(ffi.unpack(info.path, info.path_len)),
+            mtime_ns=info.mtime_ns, size=info.size, is_package=bool(info.flags & F.MOD_PACKAGE),
+            seg_off=info.seg_off, seg_size=info.seg_size, root=info.root,
+            reloc_index=info.reloc_index, reloc_count=info.reloc_count,
+            reloc_nonptr=info.reloc_nonptr, data_crc=info.data_crc)
+
     def _find(self, name):
         key = name.encode("utf-8")
-        lo, hi = 0, self.header["modules"]
-        try:
-            while lo < hi:
-                mid = (lo + hi) // 2
-                n = read_entry_name(self._mem, self.sections, mid)
-                if n == key:
-                    return mid, read_entry(self._mem, self.sections, mid)[1]
-                if n < key:
-                    lo = mid + 1
-                else:
-                    hi = mid
-        except ImageError as exc:
-            raise ImageError(f"{self.path}: {exc}") from None
-        raise KeyError(name)
+        index = lib.rm_find(self._handle, key, len(key), self._err, _ERRLEN)
+        if index == -1:
+            raise KeyError(name)
+        if index < 0:
+            raise ImageError(f"{self.path}: {self._error()}")
+        return index
 
     def names(self):
-        return [read_entry_name(self._mem, self.sections, i).decode("utf-8")
-                for i in range(self.header["modules"])]
+        return [self._entry_at(i).name for i in range(lib.rm_module_count(self._handle))]
 
     def entry(self, name):
-        if name not in self._entries:
-            self._entries[name] = self._find(name)
-        return self._entries[name][1]
+        """The directory entry of ``name`` (KeyError when the image does not hold it)."""
+        found = self._entries.get(name)
+        if found is None:
+            index = self._find(name)
+            found = self._entries[name] = (index, self._entry_at(index))
+        return found[1]
 
     def get_code(self, name):
-        if name in self._codes:
-            return self._codes[name]
-        self.entry(name)
-        index = self._entries[name][0]
-        err = ffi.new("char[]", _ERRLEN)
-        if lib.rm_load_module(self._handle, index, err, _ERRLEN) != 0:
-            raise ImageError(f"{self.path}: module {name}: "
-                             f"{ffi.string(err).decode(errors='replace')}")
-        code = _inbox.pop()
-        self._codes[name] = code
+        """The module's code object, living in the image's memory (KeyError when absent)."""
+        code = self._codes.get(name)
+        if code is not None:
+            return code
+        found = self._entries.get(name)
+        if found is not None:
+            rc = lib.rm_load_module(self._handle, found[0], self._err, _ERRLEN)
+        else:
+            key = name.encode("utf-8")
+            rc = lib.rm_get_code(self._handle, key, len(key), self._err, _ERRLEN)
+            if rc == -1:
+                raise KeyError(name)
+        if rc != 0:
+            raise ImageError(f"{self.path}: module {name}: {self._error()}")
+        code = self._codes[name] = _inbox.pop()
         return code

@@ -1,8 +1,18 @@
-/* refmarshal accelerator: map an image and fix up one module's objects in place (spec section 8).
+/* refmarshal accelerator: bring an image's modules into memory and fix them up in place
+ * (spec section 8).
  *
- * C does the mechanics (mapping, relocation, interning, code-object set-up); Python decides
- * policy (which image, which module, what to do on failure).  Every failure is reported as a
- * message and leaves the module untouched: relocations are all validated before any is applied.
+ * C does the mechanics (memory, directory lookup, relocation, interning, code-object set-up);
+ * Python decides policy (which image, which module, what to do on failure).  Every failure is
+ * reported as a message and leaves the module untouched: relocations are all validated before
+ * any is applied.
+ *
+ * Memory: one region as large as the file is reserved at the image's preferred base (anywhere
+ * else when that is taken: PTR records are then applied).  It is anonymous and private, with
+ * transparent huge pages where the kernel allows, and filled from the file lazily, in CHUNK-sized
+ * pieces, only where something is read: opening an image costs the same whatever its size, and
+ * loading costs grow with what a process imports.  Reading (pread) instead of mapping the file
+ * avoids a copy-on-write fault per 4 KiB page written, and a file changed under a running
+ * process cannot change loaded code (it can only make later loads fail).
  */
 #define Py_BUILD_CORE 1
 #include <Python.h>
@@ -12,6 +22,10 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#if defined(__x86_64__)
+#  include <cpuid.h>
+#  include <immintrin.h>
+#endif
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -47,36 +61,56 @@ enum { T_STR = 1, T_BYTES, T_TUPLE, T_INT, T_FLOAT, T_COMPLEX, T_CODE };
 #define C_BYTE 0x400
 #define C_END 0x500
 
+#define CHUNK (64 * 1024)        /* unit of lazy reading: a few modules' worth */
+#define HUGE_PAGE (2 * 1024 * 1024)
+
 struct rm_image {
-    unsigned char *base;          /* where the file is mapped */
-    uint64_t size;
+    int fd;                       /* kept open: chunks are read on demand */
+    int mode;                     /* RM_MODE_* that rm_open was asked for */
+    unsigned char *base;          /* start of the region holding the file's bytes */
+    uint64_t size, reserved;      /* file size; size of the region (rounded to huge pages) */
     uint64_t preferred;           /* preferred_base from the header */
     uint32_t nmodules, nstrings;
-    uint64_t dir_off, sidx_off, sheap_off, sheap_size, mheap_off, mheap_size, rel_off, rel_size;
+    uint64_t dir_off, names_off, names_size, sidx_off, sheap_off, sheap_size,
+             mheap_off, mheap_size, rel_off, rel_size;
+    unsigned char *chunk_ready;   /* per CHUNK: 1 once read from the file */
     PyObject **strings;           /* resolved strings, by index (NULL: not yet) */
     unsigned char *state;         /* per module: 0 not loaded, 1 loaded, 2 failed */
-    int pinned;                   /* something in the mapping was handed to the interpreter
-                                     (a string interned, a module loaded): never unmap it */
+    int pinned;                   /* something in the region was handed to the interpreter
+                                     (a string interned, a module loaded): never release it */
 };
 
 static PyObject *inbox;           /* a Python list: rm_load_module appends the code object */
 static PyObject *singletons[C_END];
 
-/* CRC-32 as zlib computes it ([CONV-5]), slice-by-8: checking a module's bytes is most of
-   the work of loading it, so this is the hot loop. */
+/* ---- CRC-32 as zlib computes it ([CONV-5]) --------------------------------------------- *
+ * Checking a module's bytes is a large part of loading it, so it is done 16 bytes at a time
+ * with carry-less multiplication where the CPU has it (the folding method of Intel's paper
+ * "Fast CRC Computation for Generic Polynomials Using PCLMULQDQ", constants as in zlib and
+ * Chromium), else slice-by-8 tables.  tests/test_accel.py compares both with zlib.crc32. */
 static uint32_t crc_tab[8][256];
-static uint32_t crc32_update(uint32_t crc, const unsigned char *p, size_t n) {
-    if (!crc_tab[0][1]) {
-        for (uint32_t i = 0; i < 256; i++) {
-            uint32_t c = i;
-            for (int k = 0; k < 8; k++) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-            crc_tab[0][i] = c;
-        }
-        for (uint32_t i = 0; i < 256; i++)
-            for (int t = 1; t < 8; t++)
-                crc_tab[t][i] = (crc_tab[t - 1][i] >> 8) ^ crc_tab[0][crc_tab[t - 1][i] & 0xFF];
+static int crc_clmul = -1;        /* -1 unknown, 0 no, 1 yes */
+
+static void crc_init(void) {
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        crc_tab[0][i] = c;
     }
-    crc = ~crc;
+    for (uint32_t i = 0; i < 256; i++)
+        for (int t = 1; t < 8; t++)
+            crc_tab[t][i] = (crc_tab[t - 1][i] >> 8) ^ crc_tab[0][crc_tab[t - 1][i] & 0xFF];
+    crc_clmul = 0;
+#if defined(__x86_64__)
+    unsigned a, b, c, d;
+    if (__get_cpuid(1, &a, &b, &c, &d) && (c & bit_PCLMUL) && (c & bit_SSE4_1)
+        && !getenv("REFMARSHAL_NO_CLMUL"))
+        crc_clmul = 1;
+#endif
+}
+
+/* crc is the inverted running value; returns it still inverted. */
+static uint32_t crc_tables(uint32_t crc, const unsigned char *p, size_t n) {
     while (n && ((uintptr_t)p & 7)) { crc = crc_tab[0][(crc ^ *p++) & 0xFF] ^ (crc >> 8); n--; }
     while (n >= 8) {            /* little-endian only, as the fingerprint guarantees here */
         uint64_t v;
@@ -89,8 +123,102 @@ static uint32_t crc32_update(uint32_t crc, const unsigned char *p, size_t n) {
         n -= 8;
     }
     while (n--) crc = crc_tab[0][(crc ^ *p++) & 0xFF] ^ (crc >> 8);
-    return ~crc;
+    return crc;
 }
+
+#if defined(__x86_64__)
+/* n >= 64 and a multiple of 16; crc inverted in and out, as crc_tables. */
+__attribute__((target("pclmul,sse4.1")))
+static uint32_t crc_fold(uint32_t crc, const unsigned char *p, size_t n) {
+    static const uint64_t k1k2[2] __attribute__((aligned(16))) = {0x0154442bd4, 0x01c6e41596};
+    static const uint64_t k3k4[2] __attribute__((aligned(16))) = {0x01751997d0, 0x00ccaa009e};
+    static const uint64_t k5k0[2] __attribute__((aligned(16))) = {0x0163cd6124, 0x0000000000};
+    static const uint64_t poly[2] __attribute__((aligned(16))) = {0x01db710641, 0x01f7011641};
+    __m128i x0, x1, x2, x3, x4, x5, x6, x7, x8, y5, y6, y7, y8;
+    x1 = _mm_loadu_si128((const __m128i *)(p + 0x00));
+    x2 = _mm_loadu_si128((const __m128i *)(p + 0x10));
+    x3 = _mm_loadu_si128((const __m128i *)(p + 0x20));
+    x4 = _mm_loadu_si128((const __m128i *)(p + 0x30));
+    x1 = _mm_xor_si128(x1, _mm_cvtsi32_si128((int)crc));
+    x0 = _mm_load_si128((const __m128i *)k1k2);
+    p += 64;
+    n -= 64;
+    while (n >= 64) {           /* four 128-bit lanes folded forward by 512 bits */
+        x5 = _mm_clmulepi64_si128(x1, x0, 0x00);
+        x6 = _mm_clmulepi64_si128(x2, x0, 0x00);
+        x7 = _mm_clmulepi64_si128(x3, x0, 0x00);
+        x8 = _mm_clmulepi64_si128(x4, x0, 0x00);
+        x1 = _mm_clmulepi64_si128(x1, x0, 0x11);
+        x2 = _mm_clmulepi64_si128(x2, x0, 0x11);
+        x3 = _mm_clmulepi64_si128(x3, x0, 0x11);
+        x4 = _mm_clmulepi64_si128(x4, x0, 0x11);
+        y5 = _mm_loadu_si128((const __m128i *)(p + 0x00));
+        y6 = _mm_loadu_si128((const __m128i *)(p + 0x10));
+        y7 = _mm_loadu_si128((const __m128i *)(p + 0x20));
+        y8 = _mm_loadu_si128((const __m128i *)(p + 0x30));
+        x1 = _mm_xor_si128(_mm_xor_si128(x1, x5), y5);
+        x2 = _mm_xor_si128(_mm_xor_si128(x2, x6), y6);
+        x3 = _mm_xor_si128(_mm_xor_si128(x3, x7), y7);
+        x4 = _mm_xor_si128(_mm_xor_si128(x4, x8), y8);
+        p += 64;
+        n -= 64;
+    }
+    x0 = _mm_load_si128((const __m128i *)k3k4);   /* fold the four lanes into one */
+    x5 = _mm_clmulepi64_si128(x1, x0, 0x00);
+    x1 = _mm_clmulepi64_si128(x1, x0, 0x11);
+    x1 = _mm_xor_si128(_mm_xor_si128(x1, x2), x5);
+    x5 = _mm_clmulepi64_si128(x1, x0, 0x00);
+    x1 = _mm_clmulepi64_si128(x1, x0, 0x11);
+    x1 = _mm_xor_si128(_mm_xor_si128(x1, x3), x5);
+    x5 = _mm_clmulepi64_si128(x1, x0, 0x00);
+    x1 = _mm_clmulepi64_si128(x1, x0, 0x11);
+    x1 = _mm_xor_si128(_mm_xor_si128(x1, x4), x5);
+    while (n >= 16) {           /* remaining 16-byte blocks */
+        x2 = _mm_loadu_si128((const __m128i *)p);
+        x5 = _mm_clmulepi64_si128(x1, x0, 0x00);
+        x1 = _mm_clmulepi64_si128(x1, x0, 0x11);
+        x1 = _mm_xor_si128(_mm_xor_si128(x1, x2), x5);
+        p += 16;
+        n -= 16;
+    }
+    x2 = _mm_clmulepi64_si128(x1, x0, 0x10);      /* 128 -> 64 bits */
+    x3 = _mm_setr_epi32(~0, 0, ~0, 0);
+    x1 = _mm_srli_si128(x1, 8);
+    x1 = _mm_xor_si128(x1, x2);
+    x0 = _mm_loadl_epi64((const __m128i *)k5k0);
+    x2 = _mm_srli_si128(x1, 4);
+    x1 = _mm_and_si128(x1, x3);
+    x1 = _mm_clmulepi64_si128(x1, x0, 0x00);
+    x1 = _mm_xor_si128(x1, x2);
+    x0 = _mm_load_si128((const __m128i *)poly);    /* Barrett reduction to 32 bits */
+    x2 = _mm_and_si128(x1, x3);
+    x2 = _mm_clmulepi64_si128(x2, x0, 0x10);
+    x2 = _mm_and_si128(x2, x3);
+    x2 = _mm_clmulepi64_si128(x2, x0, 0x00);
+    x1 = _mm_xor_si128(x1, x2);
+    return (uint32_t)_mm_extract_epi32(x1, 1);
+}
+#endif
+
+static uint32_t crc32_update(uint32_t crc, const unsigned char *p, size_t n) {
+    if (crc_clmul < 0) crc_init();
+    crc = ~crc;
+#if defined(__x86_64__)
+    if (crc_clmul && n >= 64) {
+        size_t bulk = n & ~(size_t)15;
+        crc = crc_fold(crc, p, bulk);
+        p += bulk;
+        n -= bulk;
+    }
+#endif
+    return ~crc_tables(crc, p, n);
+}
+
+/* For the tests: the CRC this build computes, and whether it uses carry-less multiplication. */
+unsigned int rm_crc32(unsigned int crc, const unsigned char *p, size_t n) {
+    return crc32_update(crc, p, n);
+}
+int rm_crc32_uses_clmul(void) { if (crc_clmul < 0) crc_init(); return crc_clmul; }
 
 static uint32_t rd32(const unsigned char *p) { uint32_t v; memcpy(&v, p, 4); return v; }
 static uint64_t rd64(const unsigned char *p) { uint64_t v; memcpy(&v, p, 8); return v; }
@@ -108,8 +236,57 @@ int rm_bind_inbox(const char *module, const char *attr) {
     return ok ? 0 : -1;
 }
 
-/* ---- Opening: map the file privately, at its preferred base when that is free ---------- */
-rm_image *rm_open(const char *path, char *err, int errlen) {
+/* ---- Bringing bytes in ------------------------------------------------------------------ */
+/* Makes [off, off+len) of the file present in the region; callers have checked that the range
+   lies inside the file.  Runs of missing chunks are read with one pread each. */
+static int ensure(rm_image *img, uint64_t off, uint64_t len, char *err, int errlen) {
+    if (!len) return 0;
+    uint64_t c = off / CHUNK, last = (off + len - 1) / CHUNK;
+    while (c <= last) {
+        if (img->chunk_ready[c]) { c++; continue; }
+        uint64_t run = c;
+        while (run <= last && !img->chunk_ready[run]) run++;
+        uint64_t from = c * CHUNK, to = run * CHUNK < img->size ? run * CHUNK : img->size;
+        while (from < to) {
+            ssize_t got = pread(img->fd, img->base + from, to - from, (off_t)from);
+            if (got < 0 && errno == EINTR) continue;
+            if (got <= 0) {
+                snprintf(err, errlen, "cannot read the image at offset %llu: %s",
+                         (unsigned long long)from, got < 0 ? strerror(errno)
+                         : "the file was truncated while in use");
+                return -1;
+            }
+            from += (uint64_t)got;
+        }
+        memset(img->chunk_ready + c, 1, run - c);
+        c = run;
+    }
+    return 0;
+}
+
+/* A region of at least `size` bytes, at `want` when that is free, else anywhere; aligned to
+   huge pages so the kernel can back it with them. */
+static unsigned char *reserve(void *want, uint64_t size, int huge) {
+    int prot = PROT_READ | PROT_WRITE, flags = MAP_PRIVATE | MAP_ANONYMOUS;
+    void *p = mmap(want, size, prot, flags | MAP_FIXED_NOREPLACE, -1, 0);
+    if (p != MAP_FAILED && p != want) { munmap(p, size); p = MAP_FAILED; }  /* old kernels */
+    if (p == MAP_FAILED) {
+        /* anywhere: over-allocate by a huge page and trim to an aligned start */
+        unsigned char *q = mmap(NULL, size + HUGE_PAGE, prot, flags, -1, 0);
+        if (q == MAP_FAILED) return NULL;
+        uintptr_t start = ((uintptr_t)q + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1);
+        if (start > (uintptr_t)q) munmap(q, start - (uintptr_t)q);
+        munmap((void *)(start + size), (uintptr_t)q + HUGE_PAGE - start);
+        p = (void *)start;
+    }
+#ifdef MADV_HUGEPAGE
+    if (huge) madvise(p, size, MADV_HUGEPAGE);   /* advice only: failure changes nothing */
+#endif
+    return p;
+}
+
+/* ---- Opening ---------------------------------------------------------------------------- */
+rm_image *rm_open(const char *path, int mode, char *err, int errlen) {
     rm_image *img = NULL;
     unsigned char hdr[HEADER_SIZE];
     int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -123,27 +300,43 @@ rm_image *rm_open(const char *path, char *err, int errlen) {
              (unsigned long long)rd64(hdr + 16), (long long)st.st_size);
     img = calloc(1, sizeof *img);
     if (!img) FAIL("out of memory");
+    img->fd = fd;
+    img->mode = mode;
     img->size = st.st_size;
     img->preferred = rd64(hdr + 24);
+    img->reserved = (img->size + HUGE_PAGE - 1) & ~(uint64_t)(HUGE_PAGE - 1);
+    img->chunk_ready = calloc(img->size / CHUNK + 1, 1);
+    if (!img->chunk_ready) FAIL("out of memory");
     void *want = (void *)(uintptr_t)img->preferred;
-    void *p = mmap(want, img->size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED_NOREPLACE, fd, 0);
-    if (p == MAP_FAILED)   /* taken (or an old kernel): anywhere, and relocate PTR records */
-        p = mmap(NULL, img->size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
-    if (p == MAP_FAILED) FAIL("cannot map: %s", strerror(errno));
-    close(fd);
-    fd = -1;
-    img->base = p;
-    /* Python has checked magic, version, CRC and fingerprint on these same bytes; C keeps
+    if (mode == RM_MODE_FILE_MAPPING) {
+        /* the whole file, copy-on-write: kept to compare in benchmarks/materialize.py */
+        void *p = mmap(want, img->size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED_NOREPLACE, fd, 0);
+        if (p == MAP_FAILED || p != want) {
+            if (p != MAP_FAILED) munmap(p, img->size);
+            p = mmap(NULL, img->size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+        }
+        if (p == MAP_FAILED) FAIL("cannot map: %s", strerror(errno));
+        img->base = p;
+        img->reserved = img->size;
+        memset(img->chunk_ready, 1, img->size / CHUNK + 1);
+    } else {
+        img->base = reserve(want, img->reserved, mode == RM_MODE_HUGE_PAGES);
+        if (!img->base) { img->reserved = 0; FAIL("cannot reserve memory: %s", strerror(errno)); }
+    }
+    /* Python checks magic, version, CRC and fingerprint on the header in the region; C keeps
        only what it needs, and checks the sections it uses lie inside the file. */
+    if (ensure(img, 0, HEADER_SIZE, err, errlen) < 0) goto fail;
     img->nmodules = rd32(hdr + 32);
     img->nstrings = rd32(hdr + 36);
     const unsigned char *s = hdr + 48;
     img->dir_off = rd64(s + 0);
+    img->names_off = rd64(s + 16);  img->names_size = rd64(s + 24);
     img->sidx_off = rd64(s + 32);
     img->sheap_off = rd64(s + 48);  img->sheap_size = rd64(s + 56);
     img->mheap_off = rd64(s + 64);  img->mheap_size = rd64(s + 72);
     img->rel_off = rd64(s + 80);    img->rel_size = rd64(s + 88);
     if (img->dir_off + (uint64_t)img->nmodules * MODULE_SIZE > img->size
+        || img->names_off + img->names_size > img->size
         || img->sidx_off + (uint64_t)img->nstrings * STRING_SIZE > img->size
         || img->sheap_off + img->sheap_size > img->size || img->mheap_off + img->mheap_size > img->size
         || img->rel_off + img->rel_size > img->size)
@@ -153,22 +346,108 @@ rm_image *rm_open(const char *path, char *err, int errlen) {
     if (!img->strings || !img->state) FAIL("out of memory");
     return img;
 fail:
-    if (fd >= 0) close(fd);
-    rm_close(img);
+    if (img) rm_close(img);
+    else if (fd >= 0) close(fd);
     return NULL;
 }
 
-/* The memory stays mapped: code objects loaded from it live there until the process ends. */
+/* The memory stays: code objects loaded from it live there until the process ends. */
 void rm_close(rm_image *img) {
     if (!img) return;
     if (img->pinned) return;      /* its objects live until the process ends ([LOAD-4]) */
-    if (img->base) munmap(img->base, img->size);
-    free(img->strings); free(img->state); free(img);
+    if (img->base && img->reserved) munmap(img->base, img->reserved);
+    if (img->fd >= 0) close(img->fd);
+    free(img->chunk_ready); free(img->strings); free(img->state); free(img);
 }
 
+/* The header's 256 bytes (present from rm_open on). */
+const unsigned char *rm_header(rm_image *img) { return img->base; }
 const unsigned char *rm_base(rm_image *img) { return img->base; }
 unsigned long long rm_size(rm_image *img) { return img->size; }
 int rm_relocated(rm_image *img) { return (uint64_t)(uintptr_t)img->base != img->preferred; }
+unsigned int rm_module_count(rm_image *img) { return img->nmodules; }
+
+/* ---- Directory ([DIR-1], [DIR-2]) -------------------------------------------------------- */
+/* Entry i's name, bounds-checked (not yet checksummed): for binary search. */
+static const unsigned char *entry_name(rm_image *img, uint32_t i, uint32_t *len, char *err, int errlen) {
+    uint64_t e_off = img->dir_off + (uint64_t)i * MODULE_SIZE;
+    if (ensure(img, e_off, MODULE_SIZE, err, errlen) < 0) return NULL;
+    const unsigned char *e = img->base + e_off;
+    uint32_t n_off = rd32(e + 8), n_len = rd32(e + 12);
+    if ((uint64_t)n_off + n_len > img->names_size) {
+        snprintf(err, errlen, "directory entry %u: name outside the names section", i);
+        return NULL;
+    }
+    if (ensure(img, img->names_off + n_off, n_len, err, errlen) < 0) return NULL;
+    *len = n_len;
+    return img->base + img->names_off + n_off;
+}
+
+/* Entry i, fully checked ([DIR-1]): its fields into *out.  Called with the GIL held. */
+static int check_entry(rm_image *img, uint32_t i, rm_entry_info *out, char *err, int errlen) {
+    int rc = -1;
+    uint32_t n_len;
+    if (i >= img->nmodules) FAIL("no directory entry %u", i);
+    const unsigned char *name = entry_name(img, i, &n_len, err, errlen);
+    if (!name) goto fail;
+    const unsigned char *e = img->base + img->dir_off + (uint64_t)i * MODULE_SIZE;
+    uint32_t p_off = rd32(e + 16), p_len = rd32(e + 20), flags = rd32(e + 4);
+    if ((uint64_t)p_off + p_len > img->names_size)
+        FAIL("directory entry %u: name or path outside the names section", i);
+    if (ensure(img, img->names_off + p_off, p_len, err, errlen) < 0) goto fail;
+    const unsigned char *path = img->base + img->names_off + p_off;
+    uint32_t crc = crc32_update(crc32_update(crc32_update(0, e + 4, MODULE_SIZE - 4), name, n_len),
+                                path, p_len);
+    if (crc != rd32(e)) FAIL("directory entry %u: checksum mismatch", i);
+    if (rd64(e + 72) != 0) FAIL("directory entry %u: reserved bytes are not zero", i);
+    if (flags & ~1u) FAIL("directory entry %u: reserved flags set", i);
+    out->flags = flags;
+    out->name = (const char *)name;  out->name_len = n_len;
+    out->path = (const char *)path;  out->path_len = p_len;
+    out->mtime_ns = (long long)rd64(e + 24);
+    out->size = rd64(e + 32);
+    out->seg_off = rd64(e + 40);
+    out->seg_size = rd32(e + 48);
+    out->root = rd32(e + 52);
+    out->reloc_index = rd32(e + 56);
+    out->reloc_count = rd32(e + 60);
+    out->reloc_nonptr = rd32(e + 64);
+    out->data_crc = rd32(e + 68);
+    rc = 0;
+fail:
+    return rc;
+}
+
+int rm_entry(rm_image *img, unsigned int i, rm_entry_info *out, char *err, int errlen) {
+    PyGILState_STATE g = PyGILState_Ensure();   /* chunks are read under the GIL */
+    int rc = check_entry(img, i, out, err, errlen);
+    PyGILState_Release(g);
+    return rc;
+}
+
+/* Binary search by name bytes ([DIR-2]: sorted by UTF-8 bytes).  Returns the index, -1 when
+   the image has no such module, -2 on a malformed image (message in err).  GIL held. */
+static int find(rm_image *img, const char *name, size_t len, char *err, int errlen) {
+    int rc = -1;
+    uint32_t lo = 0, hi = img->nmodules;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2, n_len;
+        const unsigned char *n = entry_name(img, mid, &n_len, err, errlen);
+        if (!n) { rc = -2; break; }
+        int c = memcmp(n, name, n_len < len ? n_len : len);
+        if (c == 0) c = n_len < len ? -1 : n_len > len ? 1 : 0;
+        if (c == 0) { rc = (int)mid; break; }
+        if (c < 0) lo = mid + 1; else hi = mid;
+    }
+    return rc;
+}
+
+int rm_find(rm_image *img, const char *name, size_t len, char *err, int errlen) {
+    PyGILState_STATE g = PyGILState_Ensure();
+    int rc = find(img, name, len, err, errlen);
+    PyGILState_Release(g);
+    return rc;
+}
 
 /* ---- Singletons (spec 5.4) ------------------------------------------------------------- */
 static int init_singletons(void) {
@@ -195,12 +474,15 @@ static int init_singletons(void) {
 /* ---- Strings (spec 4, [LOAD-2]) ------------------------------------------------------- */
 static PyObject *resolve_string(rm_image *img, uint64_t index, char *err, int errlen) {
     if (img->strings[index]) return img->strings[index];
-    const unsigned char *e = img->base + img->sidx_off + index * STRING_SIZE;
+    uint64_t e_off = img->sidx_off + index * STRING_SIZE;
+    if (ensure(img, e_off, STRING_SIZE, err, errlen) < 0) return NULL;
+    const unsigned char *e = img->base + e_off;
     uint32_t off = rd32(e), size = rd32(e + 4), flags = rd32(e + 8), crc = rd32(e + 12);
     if ((uint64_t)off + size > img->sheap_size || off % 8 || size < 48 || flags > 1) {
         snprintf(err, errlen, "string %llu: bad index entry", (unsigned long long)index);
         return NULL;
     }
+    if (ensure(img, img->sheap_off + off, size, err, errlen) < 0) return NULL;
     unsigned char *obj = img->base + img->sheap_off + off;
     if (crc32_update(crc32_update(0, e, 12), obj, size) != crc || rd64(obj + 8) != T_STR) {
         snprintf(err, errlen, "string %llu: checksum mismatch", (unsigned long long)index);
@@ -213,7 +495,6 @@ static PyObject *resolve_string(rm_image *img, uint64_t index, char *err, int er
     img->strings[index] = s;
     return s;
 }
-
 /* ---- Code objects: what init_code() does beyond the stored fields ([LOAD-3]) ------------ */
 static int init_code_object(PyCodeObject *co) {
 #if RM_CODE_VERSION == 1
@@ -238,15 +519,16 @@ static int init_code_object(PyCodeObject *co) {
 }
 
 /* ---- Loading one module ([LOAD-1]) ------------------------------------------------------ */
-int rm_load_module(rm_image *img, unsigned int index, char *err, int errlen) {
-    PyGILState_STATE g = PyGILState_Ensure();
+/* Appends module `index`'s root code object to the inbox; GIL held. */
+static int load_module(rm_image *img, uint32_t index, char *err, int errlen) {
     int rc = -1;
+    rm_entry_info info;
     if (index >= img->nmodules) FAIL("no module %u", index);
     if (img->state[index] == 2) FAIL("module failed to load before");
-    const unsigned char *e = img->base + img->dir_off + (uint64_t)index * MODULE_SIZE;
-    uint64_t seg_off = rd64(e + 40);
-    uint32_t seg_size = rd32(e + 48), root = rd32(e + 52);
-    uint32_t r_index = rd32(e + 56), r_count = rd32(e + 60), r_nonptr = rd32(e + 64);
+    if (check_entry(img, index, &info, err, errlen) < 0) goto fail;
+    uint64_t seg_off = info.seg_off;
+    uint32_t seg_size = info.seg_size, root = info.root;
+    uint32_t r_index = info.reloc_index, r_count = info.reloc_count, r_nonptr = info.reloc_nonptr;
     unsigned char *seg = img->base + seg_off;
     const uint32_t *rel = (const uint32_t *)(img->base + img->rel_off) + r_index;
     PyObject *root_obj = (PyObject *)(seg + root);
@@ -256,8 +538,11 @@ int rm_load_module(rm_image *img, unsigned int index, char *err, int errlen) {
         || seg_off % 8 || root >= seg_size || root % 8 || r_nonptr > r_count
         || ((uint64_t)r_index + r_count) * 4 > img->rel_size)
         FAIL("directory entry out of bounds");
+    if (ensure(img, seg_off, seg_size, err, errlen) < 0
+        || ensure(img, img->rel_off + (uint64_t)r_index * 4, (uint64_t)r_count * 4, err, errlen) < 0)
+        goto fail;
     if (crc32_update(crc32_update(0, seg, seg_size), (const unsigned char *)rel, (size_t)r_count * 4)
-        != rd32(e + 68))
+        != info.data_crc)
         FAIL("segment checksum mismatch");
     if (!inbox || init_singletons() < 0) FAIL("accelerator not initialised");
 
@@ -330,6 +615,22 @@ done:
     rc = 0;
 fail:
     if (rc < 0 && index < img->nmodules && img->state[index] != 1) img->state[index] = 2;
+    return rc;
+}
+
+int rm_load_module(rm_image *img, unsigned int index, char *err, int errlen) {
+    PyGILState_STATE g = PyGILState_Ensure();
+    int rc = load_module(img, index, err, errlen);
+    PyGILState_Release(g);
+    return rc;
+}
+
+/* Lookup and load in one call (the importer's hot path).  0: the code object is in the inbox;
+   -1: no such module; -2: error (message in err). */
+int rm_get_code(rm_image *img, const char *name, size_t len, char *err, int errlen) {
+    PyGILState_STATE g = PyGILState_Ensure();
+    int rc = find(img, name, len, err, errlen);
+    if (rc >= 0) rc = load_module(img, (uint32_t)rc, err, errlen) < 0 ? -2 : 0;
     PyGILState_Release(g);
     return rc;
 }

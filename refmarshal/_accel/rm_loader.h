@@ -1,12 +1,39 @@
 /* The accelerator's interface, as cffi sees it (build_accel.py cdefs the same declarations).
- * Reading order: rm_loader.h, then rm_loader.c from the top (version block, open, load). */
+ * Reading order: rm_loader.h, then rm_loader.c from the top (version block, CRC, memory,
+ * directory, strings, loading). */
 typedef struct rm_image rm_image;
 
+/* How rm_open brings the file's bytes into memory.  Images are read on demand into anonymous
+ * memory; RM_MODE_FILE_MAPPING (a private mapping of the whole file) exists for the benchmark
+ * that compares the two. */
+#define RM_MODE_HUGE_PAGES 0
+#define RM_MODE_SMALL_PAGES 1
+#define RM_MODE_FILE_MAPPING 2
+
+typedef struct {
+    unsigned int flags;
+    const char *name;
+    unsigned int name_len;
+    const char *path;
+    unsigned int path_len;
+    long long mtime_ns;
+    unsigned long long size;
+    unsigned long long seg_off;
+    unsigned int seg_size, root, reloc_index, reloc_count, reloc_nonptr, data_crc;
+} rm_entry_info;
+
 int rm_bind_inbox(const char *module, const char *attr);
-rm_image *rm_open(const char *path, char *err, int errlen);
+rm_image *rm_open(const char *path, int mode, char *err, int errlen);
 void rm_close(rm_image *img);
+const unsigned char *rm_header(rm_image *img);
 const unsigned char *rm_base(rm_image *img);
 unsigned long long rm_size(rm_image *img);
 int rm_relocated(rm_image *img);
+unsigned int rm_module_count(rm_image *img);
+int rm_entry(rm_image *img, unsigned int index, rm_entry_info *out, char *err, int errlen);
+int rm_find(rm_image *img, const char *name, size_t len, char *err, int errlen);
 int rm_load_module(rm_image *img, unsigned int index, char *err, int errlen);
+int rm_get_code(rm_image *img, const char *name, size_t len, char *err, int errlen);
+unsigned int rm_crc32(unsigned int crc, const unsigned char *p, size_t n);
+int rm_crc32_uses_clmul(void);
 unsigned long rm_python_version(void);
