@@ -1,0 +1,189 @@
+"""The import hook: a finder on ``sys.meta_path`` that serves modules' code from an image.
+
+Finding is left entirely to the standard ``PathFinder``: this finder sits just before it, asks
+it for the spec exactly as stock import would, and only when that spec is the very file the
+image recorded (same path, a plain source module, unchanged on disk) swaps the spec's loader for
+one whose ``get_code`` returns the image's code object.  Shadowing, ``sys.path`` changes,
+packages, namespace packages, ``path_hooks`` and ``invalidate_caches`` therefore behave as stock
+by construction; everything else about the module (``__file__``, ``__cached__``, ``__spec__``,
+``get_source``, resources) comes from ``SourceFileLoader``, which the loader subclasses.
+
+Any problem with the image disables it with one ``RefmarshalWarning`` and stock import goes
+on.  Modules are loaded only through the accelerator, never the (slow) reference reader.
+This module is imported at every interpreter start by the ``.pth`` hook: keep imports minimal.
+"""
+
+import os
+import sys
+# The same objects importlib.machinery exports; importing that package at start-up costs about
+# a millisecond (on 3.12 it imports warnings), while the frozen module is always loaded.
+from _frozen_importlib_external import PathFinder, SourceFileLoader
+
+from .errors import ImageError, RefmarshalWarning
+
+PTH_NAME = "refmarshal.pth"
+
+__all__ = ["install", "uninstall", "default_image_path", "pth_text", "PTH_NAME", "ImageFinder",
+           "ImageLoader"]
+
+
+def default_image_path():
+    """The image ``refmarshal build`` writes by default: inside the environment, one per
+    interpreter version."""
+    return os.path.join(sys.prefix, "share", "refmarshal", sys.implementation.cache_tag + ".img")
+
+
+def pth_text():
+    """The line ``refmarshal enable`` writes to ``PTH_NAME`` in site-packages.  site executes
+    lines starting with ``import``; the try keeps interpreter start silent if refmarshal was
+    uninstalled and the file left behind."""
+    return ('import sys; exec("try: import refmarshal._startup as s\\n'
+            'except ImportError: s = None\\nif s: s.run()")\n')
+
+
+def _warn(message, stacklevel=2):
+    import warnings   # not loaded at start-up: only pay for it when there is something to say
+    warnings.warn(f"refmarshal: {message}; imports go on as stock", RefmarshalWarning,
+                  stacklevel=stacklevel)
+
+
+class ImageFinder:
+    """Finds as ``PathFinder`` does; loads from ``image`` what the image holds unchanged.
+
+    ``hits`` counts modules whose code came from the image, ``fallbacks`` modules the image
+    holds that went through stock import (shadowed, stale, or a bad module)."""
+
+    def __init__(self, image, checked):
+        self.image = image
+        self.path = image.path
+        self.checked = checked
+        self.disabled = False
+        self.hits = 0
+        self.fallbacks = 0
+        self._failed = set()
+
+    def __repr__(self):
+        state = "disabled" if self.disabled else "checked" if self.checked else "unchecked"
+        return f"<refmarshal.ImageFinder {self.path!r} {state} hits={self.hits}>"
+
+    def _next_is_path_finder(self):
+        # Stock order is kept only while nothing has been inserted between us and PathFinder.
+        mp = sys.meta_path
+        for i, f in enumerate(mp):
+            if f is self:
+                return i + 1 < len(mp) and mp[i + 1] is PathFinder
+        return False
+
+    def find_spec(self, fullname, path=None, target=None):
+        if self.disabled:
+            return None
+        if fullname in self._failed:
+            self.fallbacks += 1
+            return None
+        try:
+            entry = self.image.entry(fullname)
+        except KeyError:
+            return None
+        except Exception as exc:   # a bad directory: the image can no longer be trusted
+            self.disabled = True   # (not removed from sys.meta_path while it is being walked)
+            _warn(f"{self.path}: {exc}; image disabled")
+            return None
+        if not self._next_is_path_finder():
+            return None
+        spec = PathFinder.find_spec(fullname, path, target)
+        if spec is None:
+            return None
+        if (spec.origin != entry.path or type(spec.loader) is not SourceFileLoader
+                or (self.checked and not _unchanged(entry))):
+            self.fallbacks += 1
+            return spec
+        spec.loader = ImageLoader(fullname, spec.origin, self)
+        return spec
+
+    def _code(self, fullname):
+        """The image's code for fullname, or None (one warning) when the module is bad."""
+        try:
+            code = self.image.get_code(fullname)
+        except Exception as exc:
+            self._failed.add(fullname)
+            self.fallbacks += 1
+            _warn(f"{self.path}: module {fullname}: {exc}")
+            return None
+        self.hits += 1
+        return code
+
+
+def _unchanged(entry):
+    try:
+        st = os.stat(entry.path)
+    except OSError:
+        return False
+    return st.st_mtime_ns == entry.mtime_ns and st.st_size == entry.size
+
+
+class ImageLoader(SourceFileLoader):
+    """A ``SourceFileLoader`` whose code comes from the image; everything else is stock.
+    ``exec_module`` (inherited) calls ``get_code`` then runs it, so a profiler wrapping
+    ``get_code`` sees the load phase on its own."""
+
+    def __init__(self, fullname, path, finder):
+        super().__init__(fullname, path)
+        self.finder = finder
+
+    def get_code(self, fullname):
+        if fullname == self.name:
+            code = self.finder._code(fullname)
+            if code is not None:
+                return code
+        return super().get_code(fullname)
+
+
+def _decline(path, reason):
+    _warn(f"{path}: {reason}", stacklevel=4)   # attributed to install's caller
+    return None
+
+
+def install(path=None, *, checked=True):
+    """Put a finder for the image at ``path`` (default: ``default_image_path()``) on
+    ``sys.meta_path``, just before ``PathFinder``, and return it.
+
+    ``checked`` (the default) compares each module's source mtime and size with the image's
+    record; unchecked trusts the image.  Returns None after one ``RefmarshalWarning`` when the
+    image cannot be used.  Installing the same image twice returns the installed finder."""
+    path = os.path.abspath(default_image_path() if path is None else os.fspath(path))
+    for f in sys.meta_path:
+        if isinstance(f, ImageFinder) and f.path == path and not f.disabled:
+            f.checked = checked
+            return f
+    try:
+        from ._accel.loader import AccelImage
+    except ImportError as exc:
+        return _decline(path, f"the accelerator is unavailable ({exc})")
+    if PathFinder not in sys.meta_path:
+        return _decline(path, "the standard PathFinder is not on sys.meta_path")
+    try:
+        image = AccelImage(path)
+    except Exception as exc:
+        if not os.path.exists(path):
+            return _decline(path, "no image here (build one with `refmarshal build`)")
+        reason = str(exc)
+        if reason.startswith(path + ": "):
+            reason = reason[len(path) + 2:]
+        return _decline(path, reason)
+    level = image.header["optimize"]
+    if level != sys.flags.optimize:
+        return _decline(path, f"built at optimization level {level}, this interpreter runs "
+                              f"at level {sys.flags.optimize}")
+    finder = ImageFinder(image, checked)
+    uninstall(path)   # a disabled finder for this image, if any
+    sys.meta_path.insert(sys.meta_path.index(PathFinder), finder)
+    return finder
+
+
+def uninstall(path=None):
+    """Remove the finder for the image at ``path`` (default: every refmarshal finder) from
+    ``sys.meta_path``.  Modules already imported keep their code."""
+    if path is not None:
+        path = os.path.abspath(os.fspath(path))
+    sys.meta_path[:] = [f for f in sys.meta_path
+                        if not (isinstance(f, ImageFinder) and (path is None or f.path == path))]

@@ -1,0 +1,679 @@
+"""The import hook (refmarshal.importer, refmarshal._startup): imports through an image behave
+exactly as stock imports, only the code comes from the image.
+
+Every test runs child interpreters (cwd a temp dir) and, where it can, runs the same script
+once with stock import and once with the finder installed, and compares what they observed;
+each module's body keeps its own code object (MODCODE) so the child can tell whether it came
+from the image.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import corpus
+import refmarshal
+from refmarshal import format as F
+from refmarshal import importer
+
+pytestmark = pytest.mark.skipif(not refmarshal.accelerator_available(),
+                                reason="accelerator not built (the importer needs it)")
+
+MODCODE = "import sys as _sys\nMODCODE = _sys._getframe().f_code\n"
+TREE = {
+    "mod.py": MODCODE + textwrap.dedent('''\
+        """A plain module."""
+        WHO = "tree"
+        def f(x):
+            y = x + 1
+            return y * 2
+        def boom():
+            raise ValueError("boom")
+        class K:
+            def __init__(self, x):
+                self.x = x
+        '''),
+    "pkg/__init__.py": MODCODE + "from . import sub\nfrom .sub import g\n",
+    "pkg/sub.py": MODCODE + "from .inner import helper as _h\ndef g():\n    return 'g' + _h.H\n",
+    "pkg/inner/__init__.py": MODCODE,
+    "pkg/inner/helper.py": MODCODE + "H = 'h'\n",
+    "pkg/inner/deep.py": MODCODE + textwrap.dedent('''\
+        DEEP = "tree"
+        if __name__ == "__main__":
+            fs = [f for f in _sys.meta_path if type(f).__name__ == "ImageFinder"]
+            print("main", __spec__.name, bool(fs) and fs[0].image.owns(MODCODE))
+        '''),
+    "pkg/data.txt": "resource text\n",
+    "ns/portion.py": MODCODE + "P = 1\n",
+    "gone.py": MODCODE + "X = 1\n",
+}
+TREE_MODULES = ["mod", "pkg", "pkg.sub", "pkg.inner", "pkg.inner.helper", "pkg.inner.deep",
+                "ns.portion", "gone"]
+
+PRELUDE = textwrap.dedent('''\
+    import json, sys
+    MODE, IMG = sys.argv[1], sys.argv[2]
+    finder = None
+    if MODE in ("checked", "unchecked"):
+        from refmarshal import importer
+        finder = importer.install(IMG, checked=MODE == "checked")
+        assert finder is not None
+    def owned(m):
+        """True when module m's own code object lives in the image."""
+        return finder is not None and finder.image.owns(m.MODCODE)
+    def emit(x):
+        print(json.dumps(x, sort_keys=True))
+    ''')
+
+
+def write_tree(root, files=TREE):
+    for rel, text in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text, encoding="utf-8")
+    return root
+
+
+def tree_entries(src):
+    out = []
+    for name in TREE_MODULES:
+        rel = name.replace(".", "/")
+        p = src / (rel + "/__init__.py") if (src / rel).is_dir() else src / (rel + ".py")
+        out.append((name, str(p)))
+    return out
+
+
+@pytest.fixture
+def tree(tmp_path):
+    """(src dir, image of it, an empty cwd for the child)."""
+    src = write_tree(tmp_path / "src")
+    img = tmp_path / "tree.img"
+    res = refmarshal.build(img, tree_entries(src))
+    assert res.modules == sorted(TREE_MODULES) and not res.skipped
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    return src, img, cwd
+
+
+def child_env(pythonpath=(), **extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REFMARSHAL")}
+    parts = [str(p) for p in pythonpath] + [p for p in [os.environ.get("PYTHONPATH")] if p]
+    env.pop("PYTHONPATH", None)
+    if parts:
+        env["PYTHONPATH"] = os.pathsep.join(parts)
+    env.update(extra)
+    return env
+
+
+def run(argv, cwd, *, python=sys.executable, pythonpath=(), env=None, ok=True):
+    r = subprocess.run([python, *argv], cwd=cwd, env=child_env(pythonpath, **(env or {})),
+                       capture_output=True, text=True, timeout=300)
+    if ok:
+        assert r.returncode == 0, r.stderr
+    return r
+
+
+def script(body, mode, img, cwd, *args, flags=(), pythonpath=(), ok=True, python=sys.executable):
+    argv = [*flags, "-c", PRELUDE + textwrap.dedent(body), mode, str(img), *map(str, args)]
+    return run(argv, cwd, python=python, pythonpath=pythonpath, ok=ok)
+
+
+def observe(body, img, cwd, *args, modes=("stock", "checked"), **kw):
+    """{mode: the JSON the body emitted}, each run with an empty stderr (no warning)."""
+    out = {}
+    for mode in modes:
+        r = script(body, mode, img, cwd, *args, **kw)
+        assert r.stderr == "", r.stderr
+        out[mode] = json.loads(r.stdout)
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Module attributes and behaviour: exactly stock.
+
+ATTRIBUTES = '''
+    import importlib, importlib.machinery, importlib.resources, inspect, linecache, pickle
+    import traceback
+    names = sys.argv[3].split(",")
+    obs, own = {}, {}
+    for name in names:
+        m = importlib.import_module(name)
+        spec, ld = m.__spec__, m.__loader__
+        o = dict(file=m.__file__, cached=m.__cached__, origin=spec.origin, spec_cached=spec.cached,
+                 parent=spec.parent, has_location=spec.has_location, package=m.__package__,
+                 smsl=None if spec.submodule_search_locations is None
+                 else list(spec.submodule_search_locations),
+                 path=list(m.__path__) if hasattr(m, "__path__") else None,
+                 source_loader=isinstance(ld, importlib.machinery.SourceFileLoader),
+                 same_loader=spec.loader is ld, name=ld.name, ld_path=ld.path,
+                 filename=ld.get_filename(name), is_package=ld.is_package(name),
+                 source=ld.get_source(name), data=ld.get_data(ld.path).decode(),
+                 code_filename=m.MODCODE.co_filename, code_name=m.MODCODE.co_name)
+        obs[name], own[name] = o, owned(m)
+    import mod, pkg, ns.portion
+    obs["ns"] = [ns.__spec__.origin, list(ns.__path__), type(ns.__spec__.loader).__name__]
+    obs["getsource"] = inspect.getsource(mod.f)
+    obs["getsourcefile"] = inspect.getsourcefile(mod.K)
+    obs["linecache"] = linecache.getline(mod.__file__, 5)
+    try:
+        mod.boom()
+    except ValueError:
+        obs["traceback"] = traceback.format_exc().splitlines()[-3:]
+    obs["pickle"] = pickle.loads(pickle.dumps(mod.K(3))).x
+    lines = []
+    def tracer(frame, event, arg):
+        if frame.f_code is mod.f.__code__:
+            lines.append((event, frame.f_lineno))
+        return tracer
+    sys.settrace(tracer)
+    mod.f(1)
+    sys.settrace(None)
+    obs["trace"] = lines
+    obs["resource"] = importlib.resources.files("pkg").joinpath("data.txt").read_text()
+    obs["reader"] = type(pkg.__loader__.get_resource_reader("pkg")).__name__
+    obs["relative"] = pkg.g()
+    emit(dict(obs=obs, own=own, hits=finder and finder.hits,
+              loaders=sorted({type(sys.modules[n].__loader__).__name__ for n in names})))
+'''
+
+
+def test_module_attributes_and_tools_as_stock(tree):
+    src, img, cwd = tree
+    names = [n for n in TREE_MODULES if n != "gone"]
+    out = observe(ATTRIBUTES, img, cwd, ",".join(names), pythonpath=[src])
+    stock, mine = out["stock"], out["checked"]
+    assert mine["obs"] == stock["obs"]
+    assert stock["obs"]["traceback"][-1] == "ValueError: boom"
+    assert stock["obs"]["resource"] == "resource text\n" and stock["obs"]["relative"] == "gh"
+    assert stock["obs"]["pkg"]["smsl"] == [str(src / "pkg")]
+    assert stock["obs"]["ns"][0] is None and not any(stock["own"].values())
+    assert mine["own"] == {n: True for n in names}
+    assert mine["hits"] == len(names) and mine["loaders"] == ["ImageLoader"]
+
+
+def test_namespace_package_falls_through_and_portion_loads(tree):
+    src, img, cwd = tree
+    body = '''
+        import ns.portion
+        emit([ns.__spec__.origin, ns.__file__ if hasattr(ns, "__file__") else None,
+              list(ns.__path__), owned(ns.portion), ns.portion.__file__])
+    '''
+    out = observe(body, img, cwd, pythonpath=[src])
+    assert out["checked"][:3] == out["stock"][:3] and out["checked"][4] == out["stock"][4]
+    assert out["checked"][3] is True and out["stock"][3] is False
+
+
+def test_modules_the_image_does_not_hold_are_stock(tree):
+    src, img, cwd = tree
+    (src / "extra.py").write_text(MODCODE + "E = 1\n")
+    (src / "pkg" / "extra2.py").write_text(MODCODE + "E = 2\n")
+    body = '''
+        import extra, pkg.extra2, json
+        emit([extra.E, pkg.extra2.E, owned(extra), owned(pkg.extra2), json.__file__,
+              type(extra.__loader__).__name__, finder and finder.fallbacks])
+    '''
+    out = observe(body, img, cwd, pythonpath=[src])
+    assert out["checked"] == [1, 2, False, False, out["stock"][4], "SourceFileLoader", 0]
+
+
+# ---------------------------------------------------------------------------------------
+# Shadowing: an earlier path entry wins, as stock.
+
+WHICH = '''
+    import importlib
+    name = sys.argv[3]
+    try:
+        m = importlib.import_module(name)
+    except ImportError as exc:
+        emit(["ImportError", type(exc).__name__])
+    else:
+        emit([m.__file__, getattr(m, "WHO", None), owned(m)])
+'''
+
+
+def both_modes(body, img, cwd, *args, **kw):
+    out = observe(body, img, cwd, *args, **kw)
+    stock, mine = out["stock"], out["checked"]
+    return stock, mine
+
+
+def test_current_directory_shadows_for_dash_c(tree):
+    src, img, cwd = tree
+    (cwd / "mod.py").write_text(MODCODE + "WHO = 'cwd'\n")
+    stock, mine = both_modes(WHICH, img, cwd, "mod", pythonpath=[src])
+    assert stock == mine == [str(cwd / "mod.py"), "cwd", False]
+    (cwd / "mod.py").unlink()          # and without it, the image serves the recorded file
+    stock, mine = both_modes(WHICH, img, cwd, "mod", pythonpath=[src])
+    assert stock[:2] == mine[:2] == [str(src / "mod.py"), "tree"] and mine[2] is True
+
+
+def test_script_directory_shadows(tree):
+    src, img, cwd = tree
+    sdir = cwd / "scripts"
+    write_tree(sdir, {"mod.py": MODCODE + "WHO = 'script dir'\n",
+                      "run.py": PRELUDE + "import mod\nemit([mod.__file__, mod.WHO, owned(mod)])\n"})
+    res = {m: json.loads(run([str(sdir / "run.py"), m, str(img)], cwd, pythonpath=[src]).stdout)
+           for m in ("stock", "checked")}
+    assert res["stock"] == res["checked"] == [str(sdir / "mod.py"), "script dir", False]
+
+
+def test_sys_path_changes_at_run_time(tree):
+    src, img, cwd = tree
+    other = write_tree(cwd.parent / "other", {"mod.py": MODCODE + "WHO = 'other'\n"})
+    body = '''
+        import importlib
+        sys.path.insert(0, sys.argv[3])
+        import mod
+        first = [mod.__file__, mod.WHO, owned(mod)]
+        del sys.modules["mod"]
+        sys.path.remove(sys.argv[3])
+        import mod
+        second = [mod.__file__, mod.WHO, owned(mod)]
+        del sys.modules["mod"]
+        sys.path.remove(sys.argv[4])
+        try:
+            import mod
+            third = mod.__file__
+        except ImportError:
+            third = "ImportError"
+        emit([first, second, third])
+    '''
+    stock, mine = both_modes(body, img, cwd, other, src, pythonpath=[src])
+    assert stock[0] == mine[0] == [str(other / "mod.py"), "other", False]
+    assert stock[1][:2] == mine[1][:2] == [str(src / "mod.py"), "tree"] and mine[1][2]
+    assert stock[2] == mine[2] == "ImportError"
+
+
+def test_submodule_search_follows_parent_path(tree):
+    src, img, cwd = tree
+    other = write_tree(cwd.parent / "other", {"deep.py": MODCODE + "DEEP = 'other'\n"})
+    body = '''
+        import pkg.inner
+        pkg.inner.__path__.insert(0, sys.argv[3])
+        import pkg.inner.deep as d
+        emit([d.__file__, d.DEEP, owned(d), owned(pkg.inner)])
+    '''
+    stock, mine = both_modes(body, img, cwd, other, pythonpath=[src])
+    assert stock[:3] == mine[:3] == [str(other / "deep.py"), "other", False]
+    assert mine[3] is True
+
+
+def test_package_beside_recorded_module_wins(tree):
+    src, img, cwd = tree
+    write_tree(src, {"mod/__init__.py": MODCODE + "WHO = 'package'\n"})
+    stock, mine = both_modes(WHICH, img, cwd, "mod", pythonpath=[src])
+    assert stock == mine == [str(src / "mod" / "__init__.py"), "package", False]
+
+
+def test_recorded_entry_not_on_path(tree):
+    src, img, cwd = tree
+    copy = cwd.parent / "copy"
+    shutil.copytree(src, copy)
+    stock, mine = both_modes(WHICH, img, cwd, "mod", pythonpath=[copy])
+    assert stock == mine == [str(copy / "mod.py"), "tree", False]
+    stock, mine = both_modes(WHICH, img, cwd, "mod")
+    assert stock == mine == ["ImportError", "ModuleNotFoundError"]
+
+
+def test_finder_inserted_before_path_finder_keeps_precedence(tree):
+    src, img, cwd = tree
+    body = '''
+        import importlib.machinery, importlib.util
+        class Other:
+            @staticmethod
+            def find_spec(name, path=None, target=None):
+                if name == "mod":
+                    return importlib.util.spec_from_loader(name, Loader())
+        class Loader:
+            def create_module(self, spec):
+                return None
+            def exec_module(self, module):
+                module.WHO = "other finder"
+        sys.meta_path.insert(sys.meta_path.index(importlib.machinery.PathFinder), Other)
+        import mod, pkg
+        emit([mod.WHO, owned(pkg)])
+    '''
+    stock, mine = both_modes(body, img, cwd, pythonpath=[src])
+    assert stock == ["other finder", False] and mine == ["other finder", False]
+
+
+# ---------------------------------------------------------------------------------------
+# Staleness, reload, invalidate_caches.
+
+def test_changed_and_deleted_sources(tree):
+    src, img, cwd = tree
+    (src / "mod.py").write_text(MODCODE + "WHO = 'edited'\n")
+    (src / "gone.py").unlink()
+    body = '''
+        import mod
+        try:
+            import gone
+            g = "imported"
+        except ModuleNotFoundError:
+            g = "ModuleNotFoundError"
+        emit([mod.WHO, owned(mod), g])
+    '''
+    out = observe(body, img, cwd, modes=("stock", "checked", "unchecked"), pythonpath=[src])
+    assert out["stock"] == out["checked"] == ["edited", False, "ModuleNotFoundError"]
+    # unchecked trusts the image for an edited source; a deleted one is still not found
+    assert out["unchecked"] == ["tree", True, "ModuleNotFoundError"]
+
+
+def test_same_size_edit_is_seen_through_mtime(tree):
+    src, img, cwd = tree
+    p = src / "pkg" / "inner" / "helper.py"
+    p.write_text(p.read_text().replace("'h'", "'H'"))
+    st = os.stat(p)
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+    body = "import pkg\nemit([pkg.g(), owned(pkg), owned(pkg.sub._h)])\n"
+    stock, mine = both_modes(body, img, cwd, pythonpath=[src])
+    assert stock == ["gH", False, False] and mine == ["gH", True, False]
+
+
+def test_reload_and_invalidate_caches(tree):
+    src, img, cwd = tree
+    body = '''
+        import importlib, os
+        import mod
+        a = [mod.WHO, owned(mod)]
+        mod = importlib.reload(mod)
+        b = [mod.WHO, owned(mod)]
+        path = mod.__file__
+        with open(path, "w") as fh:
+            fh.write("import sys as _sys\\nMODCODE = _sys._getframe().f_code\\nWHO = 'reloaded'\\n")
+        os.utime(path, ns=(0, 10 ** 9))
+        with open(os.path.join(os.path.dirname(path), "fresh.py"), "w") as fh:
+            fh.write("F = 1\\n")
+        importlib.invalidate_caches()
+        mod2 = importlib.reload(mod)
+        import fresh
+        emit([a, b, [mod2 is mod, mod2.WHO, owned(mod2)], fresh.F])
+    '''
+    for mode in ("stock", "checked"):      # each run edits the tree: a fresh one per mode
+        write_tree(src)
+        refmarshal.build(img, tree_entries(src))
+        (src / "fresh.py").unlink(missing_ok=True)
+        r = script(body, mode, img, cwd, pythonpath=[src])
+        assert r.stderr == ""
+        a, b, c, fresh = json.loads(r.stdout)
+        assert [a[0], b[0], c[:2], fresh] == ["tree", "tree", [True, "reloaded"], 1]
+        assert [a[1], b[1], c[2]] == ([False] * 3 if mode == "stock" else [True, True, False])
+
+
+# ---------------------------------------------------------------------------------------
+# Problems: one warning, then stock.
+
+def _foreign(img):
+    data = bytearray(img.read_bytes())
+    fp = 144                                       # the fingerprint in the header (spec 2.1)
+    data[fp:fp + 4] = (0x030900F0).to_bytes(4, "little")
+    data[fp + 12:fp + 28] = b"cpython-39".ljust(16, b"\0")
+    data[40:44] = F.crc32(bytes(data[:40]), bytes(4), bytes(data[44:256])).to_bytes(4, "little")
+    img.write_bytes(bytes(data))
+    return "image is for cpython-39"
+
+
+def _spoil(img, kind):
+    """Spoil the image at img; returns a phrase the warning must contain."""
+    if kind == "foreign":
+        return _foreign(img)
+    data = img.read_bytes()
+    img.unlink()
+    if kind == "directory":
+        img.mkdir()
+        return "truncated"
+    if kind != "missing":
+        img.write_bytes({"garbage": b"\x00garbage" * 512, "empty": b"",
+                         "truncated": data[:-4096], "bad magic": b"X" + data[1:]}[kind])
+    return {"missing": "no image here", "garbage": "truncated or extended", "empty": "truncated",
+            "truncated": "truncated", "bad magic": "bad magic"}[kind]
+
+
+BAD_IMAGES = ["missing", "garbage", "empty", "truncated", "bad magic", "foreign", "directory"]
+
+PROBLEM = '''
+    import warnings
+    from refmarshal import importer
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        f = importer.install(IMG)
+    import mod, pkg
+    emit([f is None, [(w.category.__name__, str(w.message)) for w in caught], mod.WHO,
+          pkg.g(), any(isinstance(x, importer.ImageFinder) for x in sys.meta_path)])
+'''
+
+
+@pytest.mark.parametrize("kind", BAD_IMAGES)
+def test_unusable_image_one_warning_then_stock(tree, kind):
+    src, img, cwd = tree
+    reason = _spoil(img, kind)
+    r = script(PROBLEM, "stock", img, cwd, pythonpath=[src])
+    declined, caught, who, g, installed = json.loads(r.stdout)
+    assert declined and not installed and (who, g) == ("tree", "gh")
+    assert len(caught) == 1 and caught[0][0] == "RefmarshalWarning"
+    msg = caught[0][1]
+    assert msg.startswith(f"refmarshal: {img}: ") and msg.endswith("; imports go on as stock")
+    assert reason in msg
+
+
+def test_other_optimization_level_is_declined(tree):
+    src, img, cwd = tree
+    refmarshal.build(img, tree_entries(src), optimize=1)
+    r = script(PROBLEM, "stock", img, cwd, pythonpath=[src])
+    declined, caught, *_ = json.loads(r.stdout)
+    assert declined and len(caught) == 1 and "optimization level 1" in caught[0][1]
+    r = script("import mod\nemit([owned(mod), mod.__cached__])\n", "checked", img, cwd,
+               flags=["-O"], pythonpath=[src])
+    assert r.stderr == "" and json.loads(r.stdout) == [True, str(
+        src / "__pycache__" / f"mod.{sys.implementation.cache_tag}.opt-1.pyc")]
+
+
+def test_accelerator_unavailable_is_declined(tree):
+    src, img, cwd = tree
+    body = 'sys.modules["refmarshal._accel._loader"] = None\n' + textwrap.dedent(PROBLEM)
+    declined, caught, who, *_ = json.loads(script(body, "stock", img, cwd, pythonpath=[src]).stdout)
+    assert declined and who == "tree"
+    assert len(caught) == 1 and "the accelerator is unavailable" in caught[0][1]
+
+
+def test_bad_module_alone_goes_stock(tree):
+    src, img, cwd = tree
+    e = refmarshal.Image(img, implementation="reference").entry("mod")
+    data = bytearray(img.read_bytes())
+    data[e.seg_off + e.seg_size // 2] ^= 0x55
+    img.write_bytes(bytes(data))
+    body = '''
+        import warnings
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            import mod, pkg
+            import importlib; importlib.reload(mod)
+        emit([mod.WHO, owned(mod), pkg.g(), owned(pkg), [str(w.message) for w in caught],
+              finder.fallbacks, finder.hits])
+    '''
+    who, own_mod, g, own_pkg, msgs, fallbacks, hits = json.loads(
+        script(body, "checked", img, cwd, pythonpath=[src]).stdout)
+    assert (who, own_mod, g, own_pkg) == ("tree", False, "gh", True)
+    assert len(msgs) == 1 and msgs[0].startswith(f"refmarshal: {img}: module mod: ")
+    assert fallbacks == 2 and hits == 4     # the reload goes to stock without a second warning
+
+
+# ---------------------------------------------------------------------------------------
+# install / uninstall, and the start-up hook.
+
+def test_install_is_idempotent_and_placed_before_path_finder(tree):
+    src, img, cwd = tree
+    body = '''
+        import importlib.machinery
+        from refmarshal import importer
+        f2 = importer.install(IMG, checked=False)
+        mp = sys.meta_path
+        i = mp.index(finder)
+        a = [f2 is finder, finder.checked, sum(isinstance(x, importer.ImageFinder) for x in mp),
+             mp[i + 1] is importlib.machinery.PathFinder, finder.path == IMG]
+        importer.uninstall()
+        import mod
+        emit(a + [owned(mod), any(isinstance(x, importer.ImageFinder) for x in sys.meta_path)])
+    '''
+    r = script(body, "checked", img, cwd, pythonpath=[src])
+    assert json.loads(r.stdout) == [True, False, 1, True, True, False, False]
+
+
+def test_default_image_path_and_pth_text():
+    assert importer.default_image_path() == os.path.join(
+        sys.prefix, "share", "refmarshal", sys.implementation.cache_tag + ".img")
+    assert importer.PTH_NAME == "refmarshal.pth"
+    line = importer.pth_text()
+    assert line.startswith("import ") and line.count("\n") == 1 and line.endswith("\n")
+
+
+STARTUP = '''
+    import json, sys
+    import refmarshal._startup
+    refmarshal._startup.run()
+    from refmarshal import importer
+    fs = [f for f in sys.meta_path if isinstance(f, importer.ImageFinder)]
+    import mod
+    print(json.dumps([[(f.path, f.checked) for f in fs], mod.WHO,
+                      any(f.image.owns(mod.MODCODE) for f in fs)]))
+'''
+
+
+def test_startup_environment_switches(tree):
+    src, img, cwd = tree
+
+    def start(flags=(), **env):
+        r = run([*flags, "-c", textwrap.dedent(STARTUP)], cwd, pythonpath=[src], env=env)
+        return json.loads(r.stdout), r.stderr
+
+    assert start(REFMARSHAL_IMAGE=str(img)) == ([[[str(img), True]], "tree", True], "")
+    assert start(REFMARSHAL_IMAGE=str(img), REFMARSHAL_UNCHECKED="1") == \
+        ([[[str(img), False]], "tree", True], "")
+    assert start(REFMARSHAL_IMAGE=str(img), REFMARSHAL="0") == ([[], "tree", False], "")
+    assert start(REFMARSHAL="0") == ([[], "tree", False], "")
+    # the default image (not built here): one warning, stock imports
+    out, err = start()
+    assert out == [[], "tree", False]
+    assert err.count("RefmarshalWarning") == 1 and importer.default_image_path() in err
+    # -W error turns the warning into an exception: run() still returns, and says it once
+    out, err = start(flags=["-W", "error"], REFMARSHAL_IMAGE=str(cwd / "nope.img"))
+    assert out == [[], "tree", False] and "Traceback" not in err
+    assert err.strip().splitlines() == [f"refmarshal: {cwd / 'nope.img'}: no image here "
+                                        "(build one with `refmarshal build`); imports go on "
+                                        "as stock"]
+
+
+@pytest.fixture(scope="module")
+def venv(tmp_path_factory):
+    """A real virtual environment (no pip) whose site-packages can import refmarshal and cffi's
+    backend (from where this interpreter imports them)."""
+    d = tmp_path_factory.mktemp("venv") / "env"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(d)], check=True,
+                   env=child_env(), cwd=d.parent, timeout=300)
+    python = str(d / "bin" / "python")
+    site, image = subprocess.run(
+        [python, "-c", "import sysconfig, sys; print(sysconfig.get_path('purelib')); "
+                       "print(sys.prefix)"],
+        capture_output=True, text=True, check=True, env=child_env(), cwd=d.parent
+    ).stdout.split("\n")[:2]
+    import _cffi_backend
+    roots = {os.path.dirname(os.path.dirname(refmarshal.__file__)),
+             os.path.dirname(_cffi_backend.__file__)}
+    with open(os.path.join(site, "_refmarshal_for_tests.pth"), "w") as fh:
+        fh.write("".join(r + "\n" for r in sorted(roots)))
+    return python, site
+
+
+def test_pth_hook_in_a_virtual_environment(venv, tree):
+    python, site = venv
+    src, img, cwd = tree
+    default = json.loads(run(["-c", "import json; from refmarshal import importer; "
+                              "print(json.dumps(importer.default_image_path()))"],
+                             cwd, python=python).stdout)
+    assert default.startswith(os.path.dirname(os.path.dirname(python)) + os.sep)
+    os.makedirs(os.path.dirname(default), exist_ok=True)
+    shutil.copy(img, default)
+    pth = os.path.join(site, importer.PTH_NAME)
+    with open(pth, "w") as fh:
+        fh.write(importer.pth_text())
+    probe = ("import sys, mod, pkg.sub\n"
+             "f = [x for x in sys.meta_path if type(x).__name__ == 'ImageFinder']\n"
+             "print(len(f), f and f[0].image.owns(mod.MODCODE), f and f[0].hits, mod.WHO)\n")
+    try:
+        r = run(["-c", probe], cwd, python=python, pythonpath=[src])
+        assert (r.stdout, r.stderr) == ("1 True 5 tree\n", "")
+        # -m: the main module's code comes from the image; the current directory shadows
+        r = run(["-m", "pkg.inner.deep"], cwd, python=python, pythonpath=[src])
+        assert (r.stdout, r.stderr) == ("main pkg.inner.deep True\n", "")
+        r = run(["-m", "pkg.inner.deep"], cwd, python=python, pythonpath=[src],
+                env={"REFMARSHAL": "0"})
+        assert (r.stdout, r.stderr) == ("main pkg.inner.deep False\n", "")
+        (cwd / "mod.py").write_text(MODCODE + "WHO = 'cwd'\n")
+        (cwd / "runme.py").write_text("import mod\nprint(mod.WHO, mod.__file__)\n")
+        r = run(["-m", "runme"], cwd, python=python, pythonpath=[src])
+        assert r.stdout == f"cwd {cwd / 'mod.py'}\n"
+        r = run(["-c", probe], cwd, python=python, pythonpath=[src])
+        assert r.stdout == "1 False 4 cwd\n" and r.stderr == ""
+        (cwd / "mod.py").unlink()
+        # switches
+        r = run(["-c", probe], cwd, python=python, pythonpath=[src], env={"REFMARSHAL": "0"})
+        assert r.stdout == "0 [] [] tree\n" and r.stderr == ""
+        os.unlink(default)
+        r = run(["-c", probe], cwd, python=python, pythonpath=[src])
+        assert r.stdout == "0 [] [] tree\n"
+        assert r.stderr.count("RefmarshalWarning") == 1 and default in r.stderr
+        # refmarshal uninstalled but the .pth left behind: a silent start
+        os.rename(os.path.join(site, "_refmarshal_for_tests.pth"), os.path.join(site, "off"))
+        try:
+            r = subprocess.run([python, "-c", "print('ok')"], cwd=cwd, capture_output=True,
+                               text=True, env={k: v for k, v in child_env().items()
+                                               if k != "PYTHONPATH"})
+            assert (r.returncode, r.stdout, r.stderr) == (0, "ok\n", "")
+        finally:
+            os.rename(os.path.join(site, "off"),
+                      os.path.join(site, "_refmarshal_for_tests.pth"))
+    finally:
+        os.unlink(pth)
+
+
+# ---------------------------------------------------------------------------------------
+# Real installed packages through the image.
+
+REAL = '''
+    import attr, attrs, idna, packaging.version, packaging.specifiers, packaging.requirements
+    from packaging.version import Version
+    @attrs.define
+    class P:
+        x: int
+        y: str = "d"
+    req = packaging.requirements.Requirement('name[extra]>=1.0,<2; python_version>"3"')
+    obs = [str(sorted([Version("1.10"), Version("1.2"), Version("1.2rc1")])),
+           Version("2.0.post1") in packaging.specifiers.SpecifierSet(">=1.0,!=2.0"),
+           str(req), sorted(req.extras), str(req.marker),
+           idna.encode("ドメイン.テスト").decode(), idna.decode("xn--eckwd4c7c.xn--zckzah"),
+           repr(P(1)), attr.asdict(P(2, "z")), attr.__file__, packaging.__file__]
+    fns = [Version.__init__, packaging.specifiers.SpecifierSet.contains, idna.encode,
+           attrs.define, attr.asdict, packaging.requirements.Requirement.__init__]
+    own = [finder is not None and finder.image.owns(f.__code__) for f in fns]
+    emit([obs, own, finder and finder.fallbacks])
+'''
+
+
+def test_real_installed_packages_through_the_image(tmp_path):
+    entries = [(n, p) for n, p in corpus.third_party_modules()
+               if n.split(".")[0] in ("attr", "attrs", "idna", "packaging")]
+    assert len(entries) > 30
+    img = tmp_path / "real.img"
+    refmarshal.build(img, entries)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    out = observe(REAL, img, cwd)
+    assert out["checked"][0] == out["stock"][0]
+    assert out["stock"][0][:2] == ["[<Version('1.2rc1')>, <Version('1.2')>, <Version('1.10')>]",
+                                   True]
+    assert out["checked"][1] == [True] * 6 and out["checked"][2] == 0
