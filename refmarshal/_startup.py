@@ -8,13 +8,13 @@ the environment's default, ``REFMARSHAL_UNCHECKED=1`` trusts the image (no per-m
 import os
 
 
-def run():
+def run(image=None):
     env = os.environ
     if env.get("REFMARSHAL") == "0":
         return
     try:
         from .importer import install
-        install(env.get("REFMARSHAL_IMAGE") or None,
+        install(env.get("REFMARSHAL_IMAGE") or image,
                 checked=env.get("REFMARSHAL_UNCHECKED") != "1")
     except Exception as exc:   # e.g. -W error made our warning an exception: still say it
         try:

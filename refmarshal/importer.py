@@ -33,10 +33,15 @@ def default_image_path():
     return os.path.join(sys.prefix, "share", "refmarshal", sys.implementation.cache_tag + ".img")
 
 
-def pth_text():
+def pth_text(image=None):
     """The line ``refmarshal enable`` writes to ``PTH_NAME`` in site-packages.  site executes
     lines starting with ``import``; the try keeps interpreter start silent if refmarshal was
-    uninstalled and the file left behind."""
+    uninstalled and the file left behind.  ``image``: an image other than the default
+    (``REFMARSHAL_IMAGE`` still overrides it)."""
+    if image is not None:
+        code = ("try: import refmarshal._startup as s\nexcept ImportError: s = None\n"
+                f"if s: s.run({os.fspath(image)!r})")
+        return f"import sys; exec({code!r})\n"
     return ('import sys; exec("try: import refmarshal._startup as s\\n'
             'except ImportError: s = None\\nif s: s.run()")\n')
 
