@@ -12,17 +12,18 @@ import time
 
 
 class CliError(Exception):
-    """A problem to report in one line; the command exits with ``code``."""
+    """A problem to report in one line, ``prog: error: message``; exit status ``code``."""
 
-    def __init__(self, message, code=1):
+    def __init__(self, message, code=1, prog="refmarshal"):
         super().__init__(message)
         self.code = code
+        self.prog = prog
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
         # argparse prints usage plus the error; one line with a pointer to --help is clearer
-        raise CliError(f"{self.prog}: {message} (see {self.prog} --help)", 2)
+        raise CliError(f"{message} (see {self.prog} --help)", 2, self.prog)
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -70,12 +71,14 @@ def finder_active(env=None):
 
 
 class Progress:
-    """A bar on a terminal; otherwise a plain line at every tenth of the work."""
+    """A bar on stderr when it is a terminal; otherwise a plain line on stdout at every tenth
+    of the work (none for small jobs, which are over before anyone would read them)."""
 
-    def __init__(self, what, stream=sys.stderr):
+    PLAIN_MINIMUM = 100
+
+    def __init__(self, what):
         self.what = what
-        self.stream = stream
-        self.tty = stream.isatty()
+        self.tty = sys.stderr.isatty()
         self.next_line = 0.1
 
     def __call__(self, done, total, name=""):
@@ -83,14 +86,12 @@ class Progress:
             width = 30
             filled = width * done // max(total, 1)
             text = f"\r{self.what} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {name}"
-            self.stream.write(text[:100].ljust(100))
-            if done == total:
-                self.stream.write("\n")
-            self.stream.flush()
-        elif done == total or done / max(total, 1) >= self.next_line:
-            while self.next_line <= done / max(total, 1):
+            sys.stderr.write(text[:100].ljust(100) + ("\n" if done == total else ""))
+            sys.stderr.flush()
+        elif total >= self.PLAIN_MINIMUM and done / total >= self.next_line:
+            while self.next_line <= done / total:
                 self.next_line += 0.1
-            print(f"{self.what}: {done}/{total}", file=self.stream, flush=True)
+            _say(f"{self.what}: {done}/{total}")
 
 
 # ------------------------------------------------------------------------------ build
@@ -513,7 +514,7 @@ def make_parser():
 def _check_counts(args):
     for opt in ("jobs", "runs"):
         if getattr(args, opt, 1) < 1:
-            raise CliError(f"refmarshal {args.command}: --{opt} must be at least 1", 2)
+            raise CliError(f"--{opt} must be at least 1", 2, f"refmarshal {args.command}")
 
 
 def main(argv=None):
@@ -523,13 +524,11 @@ def main(argv=None):
     try:
         args = make_parser().parse_args(argv)
         if args.command is None:
-            make_parser().print_help(sys.stderr)
-            return 2
+            raise CliError("no command given (see refmarshal --help)", 2)
         _check_counts(args)
         return args.func(args)
     except CliError as exc:
-        print(f"refmarshal: error: {exc}" if exc.code != 2 else f"error: {exc}",
-              file=sys.stderr)
+        print(f"{exc.prog}: error: {exc}", file=sys.stderr)
         return exc.code
     except KeyboardInterrupt:
         print("refmarshal: interrupted", file=sys.stderr)

@@ -347,23 +347,22 @@ _NUMBERS = (int, float, complex)
 def _prepare_packed(item):
     import io
     import pickle
+
+    class NumberPickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            if type(obj) in _NUMBERS:
+                if id(obj) not in index:
+                    index[id(obj)] = len(table)
+                    table.append(obj)
+                return index[id(obj)]
+            return None
+
     name, source_path, prepared = _prepare(item)
     if type(prepared) is str:
         return name, source_path, prepared
     table, index = [], {}
-
-    def number_id(obj):
-        if type(obj) in _NUMBERS:
-            if id(obj) not in index:
-                index[id(obj)] = len(table)
-                table.append(obj)
-            return index[id(obj)]
-        return None
-
     buf = io.BytesIO()
-    pickler = pickle.Pickler(buf, pickle.HIGHEST_PROTOCOL)
-    pickler.persistent_id = number_id
-    pickler.dump(prepared)
+    NumberPickler(buf, pickle.HIGHEST_PROTOCOL).dump(prepared)
     return name, source_path, (pickle.dumps(table, pickle.HIGHEST_PROTOCOL), buf.getvalue())
 
 
@@ -371,9 +370,12 @@ def _unpack(packed):
     import io
     import pickle
     table = pickle.loads(packed[0])
-    unpickler = pickle.Unpickler(io.BytesIO(packed[1]))
-    unpickler.persistent_load = table.__getitem__
-    return unpickler.load()
+
+    class NumberUnpickler(pickle.Unpickler):
+        def persistent_load(self, pid):
+            return table[pid]
+
+    return NumberUnpickler(io.BytesIO(packed[1])).load()
 
 
 _CHUNK = 16
