@@ -9,6 +9,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 
 
 class CliError(Exception):
@@ -124,7 +125,12 @@ def build_image(output, modules, jobs, verbose=False):
     os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
     _say(f"building {output} from {len(modules)} modules ({jobs} job{'s' * (jobs > 1)})")
     start = time.perf_counter()
-    result = build(output, modules.items(), jobs=jobs, progress=Progress("compiling"))
+    with warnings.catch_warnings():
+        # what compiling a source says (invalid escapes, "is" with a literal) is for its
+        # authors, shown when they run it; compileall -q is as quiet
+        warnings.simplefilter("ignore", SyntaxWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        result = build(output, modules.items(), jobs=jobs, progress=Progress("compiling"))
     seconds = time.perf_counter() - start
     _say(f"{len(result.modules)} modules, {len(result.skipped)} skipped, {_mb(result.size)}, "
          f"{result.strings} shared strings, {seconds:.1f} s")
