@@ -4,7 +4,6 @@ Simple and slow on purpose.  The object graph comes from ``marshal.dumps`` of wh
 ``compile()`` returns (see graph.py); ``co_code_adaptive`` comes from the live code objects.
 """
 
-import gc
 import marshal
 import os
 import struct
@@ -293,22 +292,14 @@ def build(path, entries, *, optimize=-1, jobs=1, progress=None):
     result = BuildResult()
     modules = {}
     work = [(name, os.fspath(source_path), level) for name, source_path in entries]
-    # The graphs are millions of acyclic objects: the cyclic GC would scan them again and
-    # again while they grow (a quarter of the time of a large build), and find nothing.
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        for done, (name, source_path, prepared) in enumerate(_prepare_all(work, jobs), 1):
-            if type(prepared) is str:
-                result.skipped.append((name, source_path, prepared))
-            else:
-                modules[name] = prepared
-            if progress is not None:
-                progress(done, len(work), name)
-        data = encode_image(layout, modules, level)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
+    for done, (name, source_path, prepared) in enumerate(_prepare_all(work, jobs), 1):
+        if type(prepared) is str:
+            result.skipped.append((name, source_path, prepared))
+        else:
+            modules[name] = prepared
+        if progress is not None:
+            progress(done, len(work), name)
+    data = encode_image(layout, modules, level)
     tmp = f"{os.fspath(path)}.tmp{os.getpid()}"
     try:
         with open(tmp, "wb") as fh:
