@@ -539,6 +539,11 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("refmarshal: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (`refmarshal info | head`): nothing more to say to anyone;
+        # stdout is pointed at /dev/null so the interpreter's final flush cannot fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except Exception as exc:  # noqa: BLE001 - the promise is one line, never a traceback
         from .errors import ImageError
         kind = "error" if isinstance(exc, (ImageError, OSError)) else \
