@@ -58,17 +58,18 @@ def pth_path():
     return os.path.join(site_dir(), importer.PTH_NAME)
 
 
-def finder_active(env=None):
-    """Whether a new interpreter of this environment has the refmarshal finder on
-    sys.meta_path: (True/False, its stderr).  Runs outside any source tree."""
+def finder_image(env=None):
+    """The image a new interpreter of this environment imports through ('' when it has no
+    refmarshal finder on sys.meta_path), and that interpreter's stderr.  Runs outside any
+    source tree."""
     import subprocess
     import tempfile
-    code = ("import sys; print(any(type(f).__module__ == 'refmarshal.importer' "
-            "for f in sys.meta_path))")
+    code = ("import sys; f = [f for f in sys.meta_path if type(f).__module__ == "
+            "'refmarshal.importer']; print(f[0].path if f else '')")
     with tempfile.TemporaryDirectory(prefix="refmarshal-") as cwd:
         proc = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env,
                               capture_output=True, text=True)
-    return proc.stdout.strip() == "True", proc.stderr.strip()
+    return proc.stdout.strip(), proc.stderr.strip()
 
 
 class Progress:
@@ -194,7 +195,7 @@ def cmd_enable(args):
         raise CliError(f"cannot write {pth}: {exc.strerror or exc}") from None
     env = dict(os.environ)
     env.pop("REFMARSHAL", None)
-    active, err = finder_active(env)
+    active, err = finder_image(env)
     if not active:
         os.unlink(pth)
         raise CliError(f"a new interpreter does not pick up the hook, so it was removed again"
@@ -356,15 +357,18 @@ def cmd_status(args):
     pth = pth_path()
     enabled = os.path.exists(pth)
     _say(f"enabled   {'yes: ' + pth if enabled else 'no (no ' + pth + ')'}")
+    image = os.environ.get("REFMARSHAL_IMAGE") or importer.default_image_path()
+    source = " (from REFMARSHAL_IMAGE)" if os.environ.get("REFMARSHAL_IMAGE") else ""
     if enabled:
-        active, err = finder_active()
+        active, err = finder_image()
         why = ""
         if not active:
             why = (": REFMARSHAL=0 is set" if os.environ.get("REFMARSHAL") == "0"
                    else ": " + err.splitlines()[-1] if err else "")
         _say(f"active    {'yes' if active else 'no' + why} (in a new interpreter)")
-    image = os.environ.get("REFMARSHAL_IMAGE") or importer.default_image_path()
-    _say(f"image     {image}{' (from REFMARSHAL_IMAGE)' if 'REFMARSHAL_IMAGE' in os.environ else ''}")
+        if active:
+            image, source = active, source or " (the one a new interpreter uses)"
+    _say(f"image     {image}{source}")
     problem = _usable(image)
     if problem:
         _say(f"current   no: image {problem}")
@@ -384,7 +388,7 @@ def cmd_status(args):
             _say(f"  {s:<8}{e.name}  {e.path}")
         if len(shown) < len(bad):
             _say(f"  ... and {len(bad) - len(shown)} more (-v lists all)")
-    if "REFMARSHAL_IMAGE" not in os.environ and image == importer.default_image_path():
+    if image == importer.default_image_path():
         from . import environment
         held = {e.name for e in entries}
         new = [n for n in environment.discover() if n not in held]

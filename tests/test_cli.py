@@ -345,7 +345,8 @@ def test_enable_and_disable_in_a_venv(venv, tree):
     r = rm(["status"], cwd, python=python)
     assert r.returncode == 0, r.stdout
     assert f"enabled   yes: {pth}" in r.stdout and "active    yes" in r.stdout
-    assert f"image     {default}\n" in r.stdout and "current   yes" in r.stdout
+    assert f"image     {default} (the one a new interpreter uses)" in r.stdout
+    assert "current   yes" in r.stdout
 
     r = rm(["bench", "mod", "--runs", "1"], cwd, python=python, pythonpath=[src])
     assert r.returncode == 0, r.stderr
@@ -357,6 +358,8 @@ def test_enable_and_disable_in_a_venv(venv, tree):
     r = rm(["enable", "--image", other], cwd, python=python)
     assert r.returncode == 0, r.stderr
     assert finders() == ["1", str(other), "True"]
+    r = rm(["status"], cwd, python=python)
+    assert r.returncode == 0 and f"image     {other} (the one" in r.stdout, r.stdout
 
     r = rm(["disable"], cwd, python=python)
     assert r.returncode == 0 and f"disabled: removed {pth}" in r.stdout
