@@ -102,17 +102,22 @@ class _Scanner:
         return ("namespace", None, portions) if portions else None
 
     def candidate_names(self, directories):
-        """Names that could be modules in these directories, sorted."""
+        """Names that could be modules in these directories, sorted.  A file's name counts
+        without its suffix unless it holds a dot (``import_module`` reaches names like
+        ``_sysconfigdata__linux_x86_64-linux-gnu``); a directory's only when it is an
+        identifier (so ``site-packages`` or ``foo.dist-info`` are never namespace portions)."""
         names = set()
         for d in directories:
             for fn in self.listing(d):
-                stem = fn
                 for suffix, _ in _SUFFIXES:
                     if fn.endswith(suffix):
                         stem = fn[:-len(suffix)]
+                        if stem and "." not in stem and stem != "__init__":
+                            names.add(stem)
                         break
-                if stem.isidentifier() and stem not in ("__pycache__", "__init__"):
-                    names.add(stem)
+                else:
+                    if fn.isidentifier() and fn != "__pycache__":
+                        names.add(fn)
         return sorted(names)
 
     def walk(self, prefix, directories, out, active):

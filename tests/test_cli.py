@@ -29,7 +29,7 @@ TREE = {
     "pkg/inner/deep.py": "D = (1.5j, b'bytes', frozenset({'a', 'b'}))\n",
     "ns/portion.py": "P = 1\n",
     "broken.py": "def f(:\n",
-    "pkg/not-a-name.py": "X = 1\n",
+    "pkg/not.a.name.py": "X = 1\n",
     "pkg/__pycache__/stray.py": "X = 1\n",
 }
 BUILT = ["broken", "mod", "ns.portion", "pkg", "pkg.inner", "pkg.inner.deep", "pkg.sub"]
@@ -94,7 +94,8 @@ def built(tree):
 def test_discovery_rules(tmp_path):
     first = write_tree(tmp_path / "first", {
         "a.py": "", "shadow.py": "", "pkg/__init__.py": "", "pkg/m.py": "",
-        "ns/one.py": "", "both.py": "", "sys.py": "", "bad-name.py": "",
+        "ns/one.py": "", "both.py": "", "sys.py": "", "odd-name.py": "", "a.b.py": "",
+        "not-a-package/m.py": "", "site-packages/m.py": "",
         "ext" + EXTENSION_SUFFIXES[0]: "", "ext.py": "",
         "nsplain/x.py": "", "nsplain.py": "",
     })
@@ -107,6 +108,7 @@ def test_discovery_rules(tmp_path):
         "a": str(first / "a.py"),
         "both": str(first / "both.py"),          # a module earlier on the path beats a package
         "later": str(second / "later.py"),
+        "odd-name": str(first / "odd-name.py"),  # import_module reaches it; a.b.py: never
         "ns.one": str(first / "ns" / "one.py"),  # namespace portions merge, in path order
         "ns.two": str(second / "ns" / "two.py"),
         "nsplain": str(first / "nsplain.py"),    # a module beats a namespace portion
