@@ -1,11 +1,21 @@
-"""What the ``refmarshal.pth`` line runs at every interpreter start: install the image finder.
+"""What the ``refmarshal.pth`` line runs at every interpreter start: a PendingFinder where the
+image finder goes.  The image is opened (and the accelerator imported) at the first import
+that reaches it, so ``python -c pass`` pays for three small modules and one stat.
 
 Environment: ``REFMARSHAL=0`` turns it off, ``REFMARSHAL_IMAGE=path`` uses another image than
 the environment's default, ``REFMARSHAL_UNCHECKED=1`` trusts the image (no per-module stat).
+Under ``-E`` or ``-I`` the last two are ignored, as ``PYTHONPATH`` is: they choose code to run.
 ``run`` never raises: interpreter start must not depend on refmarshal.
 """
 
 import os
+import sys
+
+
+def default_image_path():
+    """The image ``refmarshal build`` writes by default: inside the environment, one per
+    interpreter version."""
+    return os.path.join(sys.prefix, "share", "refmarshal", sys.implementation.cache_tag + ".img")
 
 
 def run(image=None):
@@ -13,16 +23,87 @@ def run(image=None):
     if env.get("REFMARSHAL") == "0":
         return
     try:
-        from .importer import install
-        install(env.get("REFMARSHAL_IMAGE") or image,
-                checked=env.get("REFMARSHAL_UNCHECKED") != "1")
+        from _frozen_importlib_external import PathFinder
+        if sys.flags.ignore_environment:
+            env = {}
+        path = os.path.abspath(env.get("REFMARSHAL_IMAGE") or image or default_image_path())
+        checked = env.get("REFMARSHAL_UNCHECKED") != "1"
+        mp = sys.meta_path
+        if any(getattr(f, "path", None) == path and type(f).__module__.startswith("refmarshal")
+               for f in mp):
+            return                          # already in place (the .pth read twice)
+        if PathFinder not in mp or not os.path.exists(path):
+            from .importer import install   # says why, once
+            install(path, checked=checked)
+            return
+        mp.insert(mp.index(PathFinder), PendingFinder(path, checked))
     except Exception as exc:   # e.g. -W error made our warning an exception: still say it
+        report(exc)
+
+
+class PendingFinder:
+    """Holds the image finder's place until the first import reaches it, then installs the
+    real finder (importer.install) in its place and hands the import over to it."""
+
+    # Imported at every start after the .pth files: by site (usually finding they do not
+    # exist) and, from 3.13, for ``-c`` (linecache, which imports nothing at its top).  Stock
+    # import serves them without waking the image up, so ``python -c pass`` never opens it.
+    _STARTUP_NAMES = frozenset({"sitecustomize", "usercustomize", "linecache"})
+
+    def __init__(self, path, checked):
+        self.path = path
+        self.checked = checked
+        self.done = False
+
+    def __repr__(self):
+        return f"<refmarshal.PendingFinder {self.path!r}{' (done)' if self.done else ''}>"
+
+    def find_spec(self, fullname, path=None, target=None):
+        if self.done or fullname in self._STARTUP_NAMES:
+            return None
+        self.done = True            # the imports made while installing pass by
         try:
-            import sys
-            text = str(exc)
-            if not text.startswith("refmarshal: "):
-                text = f"refmarshal: start-up hook failed ({type(exc).__name__}: {exc}); " \
-                       "imports go on as stock"
-            sys.stderr.write(text + "\n")
-        except Exception:
-            pass
+            from .importer import install
+            finder = install(self.path, checked=self.checked)
+        except Exception as exc:    # -W error made our warning an exception: still say it
+            report(exc)
+            finder = None
+        if fullname in sys.modules:  # installing imported it (e.g. struct, for the first import)
+            return _already_imported(sys.modules[fullname])
+        return None if finder is None else finder.find_spec(fullname, path, target)
+
+
+class _AlreadyImported:
+    """The loader that hands the import system a module imported while it was still looking
+    for it (by installing the finder), instead of executing it a second time."""
+
+    def __init__(self, module, spec):
+        self.module = module
+        self.spec = spec
+
+    def create_module(self, spec):
+        return self.module
+
+    def exec_module(self, module):
+        module.__spec__ = self.spec   # put back what _init_module_attrs replaced
+
+
+def _already_imported(module):
+    # The import system swaps a spec it finds for module.__spec__ when the module is already
+    # in sys.modules, and would load that spec again; with __spec__ None it keeps ours.
+    from _frozen_importlib import ModuleSpec
+    spec = getattr(module, "__spec__", None)
+    module.__spec__ = None
+    return ModuleSpec(module.__name__, _AlreadyImported(module, spec))
+
+
+def report(exc):
+    """Say on stderr, once, what stopped the hook; never raise."""
+    try:
+        text = str(exc)
+        if not text.startswith("refmarshal: "):
+            text = f"refmarshal: start-up hook failed ({type(exc).__name__}: {exc}); " \
+                   "imports go on as stock"
+        sys.stderr.write(text + "\n")
+    except Exception:
+        pass

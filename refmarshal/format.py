@@ -106,7 +106,8 @@ def build_flags():
 
 def fingerprint():
     """The 112-byte fingerprint of the running interpreter build: spec 2.2."""
-    from importlib.util import MAGIC_NUMBER
+    # the bootstrap module is always loaded; importlib.util would cost milliseconds at start-up
+    from _frozen_importlib_external import MAGIC_NUMBER
     return FINGERPRINT.pack(
         sys.hexversion, MAGIC_NUMBER, struct.calcsize("P"),
         ord("L") if sys.byteorder == "little" else ord("B"), build_flags(),

@@ -10,7 +10,8 @@ by construction; everything else about the module (``__file__``, ``__cached__``,
 
 Any problem with the image disables it with one ``RefmarshalWarning`` and stock import goes
 on.  Modules are loaded only through the accelerator, never the (slow) reference reader.
-This module is imported at every interpreter start by the ``.pth`` hook: keep imports minimal.
+The start-up hook (``_startup``) imports this module at the first import of a process: keep
+its imports minimal.
 """
 
 import os
@@ -19,18 +20,13 @@ import sys
 # a millisecond (on 3.12 it imports warnings), while the frozen module is always loaded.
 from _frozen_importlib_external import PathFinder, SourceFileLoader
 
-from .errors import ImageError, RefmarshalWarning
+from ._startup import PendingFinder, default_image_path
+from .errors import RefmarshalWarning
 
 PTH_NAME = "refmarshal.pth"
 
 __all__ = ["install", "uninstall", "default_image_path", "pth_text", "PTH_NAME", "ImageFinder",
            "ImageLoader"]
-
-
-def default_image_path():
-    """The image ``refmarshal build`` writes by default: inside the environment, one per
-    interpreter version."""
-    return os.path.join(sys.prefix, "share", "refmarshal", sys.implementation.cache_tag + ".img")
 
 
 def pth_text(image=None):
@@ -50,6 +46,16 @@ def _warn(message, stacklevel=2):
     import warnings   # not loaded at start-up: only pay for it when there is something to say
     warnings.warn(f"refmarshal: {message}; imports go on as stock", RefmarshalWarning,
                   stacklevel=stacklevel)
+
+
+def _warn_in_import(message):
+    """_warn from inside an import: under -W error the warning must not fail the import that
+    stock would have done, so it is said on stderr instead."""
+    try:
+        _warn(message, 3)
+    except Exception as exc:
+        from ._startup import report
+        report(exc)
 
 
 class ImageFinder:
@@ -91,7 +97,7 @@ class ImageFinder:
             return None
         except Exception as exc:   # a bad directory: the image can no longer be trusted
             self.disabled = True   # (not removed from sys.meta_path while it is being walked)
-            _warn(f"{self.path}: {exc}; image disabled")
+            _warn_in_import(f"{self.path}: {exc}; image disabled")
             return None
         if not self._next_is_path_finder():
             return None
@@ -112,7 +118,7 @@ class ImageFinder:
         except Exception as exc:
             self._failed.add(fullname)
             self.fallbacks += 1
-            _warn(f"{self.path}: module {fullname}: {exc}")
+            _warn_in_import(f"{self.path}: module {fullname}: {exc}")
             return None
         self.hits += 1
         return code
@@ -135,6 +141,10 @@ class ImageLoader(SourceFileLoader):
         super().__init__(fullname, path)
         self.finder = finder
 
+    def __reduce__(self):
+        # a copy or a pickle (of a spec, say) is the stock loader: the image stays here
+        return SourceFileLoader, (self.name, self.path)
+
     def get_code(self, fullname):
         if fullname == self.name:
             code = self.finder._code(fullname)
@@ -143,9 +153,31 @@ class ImageLoader(SourceFileLoader):
         return super().get_code(fullname)
 
 
-def _decline(path, reason):
-    _warn(f"{path}: {reason}", stacklevel=4)   # attributed to install's caller
+def _decline(path, reason, stacklevel=4):
+    _warn(f"{path}: {reason}", stacklevel)   # attributed to install's caller
     return None
+
+
+def _open(path, checked):
+    """An ImageFinder for the image at path, or None after one warning."""
+    try:
+        from ._accel.loader import AccelImage
+    except ImportError as exc:
+        return _decline(path, f"the accelerator is unavailable ({exc})", 5)
+    try:
+        image = AccelImage(path)
+    except Exception as exc:
+        if not os.path.exists(path):
+            return _decline(path, "no image here (build one with `refmarshal build`)", 5)
+        reason = str(exc)
+        if reason.startswith(path + ": "):
+            reason = reason[len(path) + 2:]
+        return _decline(path, reason, 5)
+    level = image.header["optimize"]
+    if level != sys.flags.optimize:
+        return _decline(path, f"built at optimization level {level}, this interpreter runs "
+                              f"at level {sys.flags.optimize}", 5)
+    return ImageFinder(image, checked)
 
 
 def install(path=None, *, checked=True):
@@ -154,41 +186,35 @@ def install(path=None, *, checked=True):
 
     ``checked`` (the default) compares each module's source mtime and size with the image's
     record; unchecked trusts the image.  Returns None after one ``RefmarshalWarning`` when the
-    image cannot be used.  Installing the same image twice returns the installed finder."""
+    image cannot be used.  Installing the same image twice returns the installed finder; a
+    PendingFinder for it (the start-up hook's) is replaced in place."""
     path = os.path.abspath(default_image_path() if path is None else os.fspath(path))
-    for f in sys.meta_path:
-        if isinstance(f, ImageFinder) and f.path == path and not f.disabled:
-            f.checked = checked
-            return f
-    try:
-        from ._accel.loader import AccelImage
-    except ImportError as exc:
-        return _decline(path, f"the accelerator is unavailable ({exc})")
-    if PathFinder not in sys.meta_path:
+    mp = sys.meta_path
+    slot = None
+    for i, f in enumerate(mp):
+        if type(f) in (ImageFinder, PendingFinder) and f.path == path:
+            if type(f) is ImageFinder and not f.disabled:
+                f.checked = checked
+                return f
+            slot = i
+    if PathFinder not in mp:
         return _decline(path, "the standard PathFinder is not on sys.meta_path")
-    try:
-        image = AccelImage(path)
-    except Exception as exc:
-        if not os.path.exists(path):
-            return _decline(path, "no image here (build one with `refmarshal build`)")
-        reason = str(exc)
-        if reason.startswith(path + ": "):
-            reason = reason[len(path) + 2:]
-        return _decline(path, reason)
-    level = image.header["optimize"]
-    if level != sys.flags.optimize:
-        return _decline(path, f"built at optimization level {level}, this interpreter runs "
-                              f"at level {sys.flags.optimize}")
-    finder = ImageFinder(image, checked)
-    uninstall(path)   # a disabled finder for this image, if any
-    sys.meta_path.insert(sys.meta_path.index(PathFinder), finder)
+    finder = _open(path, checked)
+    if finder is None:
+        return None
+    if slot is None:
+        mp.insert(mp.index(PathFinder), finder)
+    else:
+        mp[slot] = finder   # in place: the import system may be walking sys.meta_path now
     return finder
 
 
 def uninstall(path=None):
     """Remove the finder for the image at ``path`` (default: every refmarshal finder) from
-    ``sys.meta_path``.  Modules already imported keep their code."""
+    ``sys.meta_path``.  Modules already imported keep their code.  (Not from inside an
+    import: the import system may be walking ``sys.meta_path``.)"""
     if path is not None:
         path = os.path.abspath(os.fspath(path))
     sys.meta_path[:] = [f for f in sys.meta_path
-                        if not (isinstance(f, ImageFinder) and (path is None or f.path == path))]
+                        if not (type(f) in (ImageFinder, PendingFinder)
+                                and (path is None or f.path == path))]

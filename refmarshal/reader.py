@@ -186,7 +186,8 @@ class ReferenceImage:
         _check(str_kind(value) == (kind, bool(ascii)), f"{where}: kind does not fit its characters")
         _check(raw[header + length * kind:] == bytes(size - header - length * kind),
                f"{where}: terminator or padding not zero")
-        _check(F.singleton_id(value) is None, f"{where}: a singleton stored as a string")
+        _check(F.singleton_id(value) is None or (flags & F.STR_INTERNED and len(value) == 1),
+               f"{where}: a singleton stored as a string")          # [OBJ-5]
         s = Str(value, flags & F.STR_INTERNED)
         self._strings[index] = s
         return s

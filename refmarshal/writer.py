@@ -93,8 +93,8 @@ class _Segment:
 
     # -- placement: pre-order, depth first, children in field order ([OBJ-2]) --
     def place(self, v):
-        if F.singleton_id(_as_const(v)) is not None or type(v) is Str:
-            if type(v) is Str and F.singleton_id(v.value) is None:
+        if type(v) is Str or _const_id(v) is not None:
+            if type(v) is Str and _const_id(v) is None:
                 self.strings.setdefault(v.key(), None)
             return
         if type(v) is FrozenSet:
@@ -152,7 +152,7 @@ class _Segment:
 
     def _ref(self, v, buf, slot, relocs, seg_file_off, base):
         """Write the value of a pointer slot and record how the loader resolves it."""
-        cid = F.singleton_id(_as_const(v))
+        cid = _const_id(v)
         if cid is not None:
             struct.pack_into("<Q", buf, slot, cid)
             relocs.append((slot // 8, F.R_CONST))
@@ -258,9 +258,15 @@ def derived_code_fields(layout, names, kinds, stacksize, co_code):
     return out
 
 
-def _as_const(v):
-    """The plain value a node stands for when it might be a singleton (strings included)."""
-    return v.value if type(v) is Str else v
+def _const_id(v):
+    """The R_CONST id of a node, or None when it is stored ([OBJ-5]).  A one-character str the
+    compiler interned is not the latin-1 singleton: in 3.11 and 3.12 interning keeps a separate
+    object, so it is stored as a string and interned at load."""
+    if type(v) is Str:
+        if v.interned and len(v.value) == 1:
+            return None
+        return F.singleton_id(v.value)
+    return F.singleton_id(v)
 
 
 # ---------------------------------------------------------------------------------------
@@ -384,21 +390,37 @@ _CHUNK = 16
 def encode_image(layout, modules, optimize):
     """The bytes of an image of ``modules``: name -> (path, mtime_ns, size, is_pkg, graph)."""
     names = sorted(modules, key=lambda n: n.encode("utf-8"))            # [DIR-2]
-    base = F.preferred_base(b"\0".join(
-        n.encode("utf-8") + b"\0" + os.fsencode(modules[n][0]) for n in names))
     strings = {}
     segments = []
     for n in names:
         seg = _Segment(layout, strings)
         seg.place(modules[n][4])
         segments.append(seg)
-
-    # [STR-2] strings in canonical order; each object 8-aligned in the string heap.
-    keys = sorted(strings, key=lambda k: (k[0].encode("utf-8", "surrogatepass"), k[1]))
-    string_objs = []
+    keys = list(strings)         # [STR-2] in order of first use (dicts keep insertion order)
     for i, k in enumerate(keys):
         strings[k] = i
-        string_objs.append(encode_str(layout, k[0]))
+
+    def encode_segment(i, seg_off, base):
+        seg = segments[i]
+        data, recs = seg.encode(seg_off, base)
+        rbytes = b"".join(F.RELOC.pack((slot << 3) | kind) for slot, kind in recs)
+        nonptr = sum(1 for _, kind in recs if kind != F.R_PTR)
+        return data, rbytes, nonptr, seg.placed[id(modules[names[i]][4])]
+
+    return assemble_image(names, modules, [(k[1], encode_str(layout, k[0])) for k in keys],
+                          encode_segment, optimize)
+
+
+def assemble_image(names, modules, string_objs, encode_segment, optimize):
+    """The image file around already-encoded objects (shared with the C writer).
+
+    ``names`` in directory order, ``modules`` name -> (path, mtime_ns, size, is_pkg, ...),
+    ``string_objs`` the (interned, object bytes) of the string table in index order, and
+    ``encode_segment(i, file offset, preferred base)`` -> (segment bytes, relocation record
+    bytes, count of non-PTR records, root offset) for module ``names[i]``.
+    """
+    base = F.preferred_base(b"\0".join(
+        n.encode("utf-8") + b"\0" + os.fsencode(modules[n][0]) for n in names))
 
     # Metadata: directory, names blob, string index.
     blob = bytearray()
@@ -410,13 +432,13 @@ def encode_image(layout, modules, optimize):
     dir_off = F.HEADER_SIZE
     names_off = dir_off + F.MODULE.size * len(names)
     sidx_off = F.align(names_off + len(blob))
-    meta_end = sidx_off + F.STRING.size * len(keys)
+    meta_end = sidx_off + F.STRING.size * len(string_objs)
 
     sheap_off = F.align(meta_end, F.PAGE)
     sheap = bytearray()
     sindex = bytearray()
-    for k, obj in zip(keys, string_objs):
-        fields = (len(sheap), len(obj), F.STR_INTERNED if k[1] else 0)
+    for interned, obj in string_objs:
+        fields = (len(sheap), len(obj), F.STR_INTERNED if interned else 0)
         sindex += F.STRING.pack(*fields, F.crc32(F.STRING.pack(*fields, 0)[:12], obj))
         sheap += obj
     mheap_off = F.align(sheap_off + len(sheap), F.PAGE)
@@ -425,14 +447,12 @@ def encode_image(layout, modules, optimize):
     relocs = bytearray()
     entries = []
     nrel = 0
-    for n, seg, (noff, nlen, poff, plen) in zip(names, segments, name_refs):
-        path, mtime, size, is_pkg, graph = modules[n]
+    for i, (n, (noff, nlen, poff, plen)) in enumerate(zip(names, name_refs)):
+        path, mtime, size, is_pkg = modules[n][:4]
         seg_off = mheap_off + len(mheap)
-        data, recs = seg.encode(seg_off, base)
-        rbytes = b"".join(F.RELOC.pack((slot << 3) | kind) for slot, kind in recs)
-        nonptr = sum(1 for _, kind in recs if kind != F.R_PTR)
+        data, rbytes, nonptr, root = encode_segment(i, seg_off, base)
         fields = (F.MOD_PACKAGE if is_pkg else 0, noff, nlen, poff, plen, mtime, size,
-                  seg_off, len(data), seg.placed[id(graph)], nrel, len(recs), nonptr,
+                  seg_off, len(data), root, nrel, len(rbytes) // 4, nonptr,
                   F.crc32(data, rbytes))
         body = F.MODULE.pack(0, *fields)
         entry_crc = F.crc32(body[4:], blob[noff:noff + nlen], blob[poff:poff + plen])
@@ -440,7 +460,7 @@ def encode_image(layout, modules, optimize):
         mheap += data
         mheap += bytes(F.align(len(mheap)) - len(mheap))
         relocs += rbytes
-        nrel += len(recs)
+        nrel += len(rbytes) // 4
     reloc_off = F.align(mheap_off + len(mheap))
     file_size = reloc_off + len(relocs)
 
@@ -448,7 +468,7 @@ def encode_image(layout, modules, optimize):
                 (sidx_off, len(sindex)), (sheap_off, len(sheap)),
                 (mheap_off, len(mheap)), (reloc_off, len(relocs))]
     header = F.HEADER.pack(F.MAGIC, F.FORMAT_MAJOR, F.FORMAT_MINOR, F.HEADER_SIZE, file_size,
-                           base, len(names), len(keys), 0, optimize & F.FLAG_OPTIMIZE_MASK,
+                           base, len(names), len(string_objs), 0, optimize & F.FLAG_OPTIMIZE_MASK,
                            b"".join(F.SECTION.pack(*s) for s in sections), F.fingerprint())
     header = bytearray(header)
     struct.pack_into("<I", header, 40, F.crc32(header))

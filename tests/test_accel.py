@@ -232,3 +232,101 @@ def test_errors_are_image_errors(tmp_path):
     (tmp_path / "short.img").write_bytes(b"\x89RMI\r\n\x1a\n")
     with pytest.raises(ImageError, match="truncated"):
         refmarshal.Image(tmp_path / "short.img", implementation="accel")
+
+
+# -- how bytes are brought in (rm_loader.c "Memory", "CRC-32") --
+
+def test_crc32_matches_zlib_with_and_without_carryless_multiply():
+    import zlib
+    from refmarshal._accel.loader import lib
+    rng = random.Random(7)
+    cases = [(rng.randrange(1 << 32), rng.randbytes(rng.randrange(0, 2100))) for _ in range(400)]
+    cases += [(0, bytes(n)) for n in (0, 15, 16, 63, 64, 65, 127, 128, 4096)]
+    assert [lib.rm_crc32(c, d, len(d)) for c, d in cases] == [zlib.crc32(d, c) for c, d in cases]
+    # the table fallback, as on a CPU without PCLMULQDQ: a child where it is switched off
+    script = textwrap.dedent('''
+        import random, zlib
+        from refmarshal._accel.loader import lib
+        assert lib.rm_crc32_uses_clmul() == 0
+        rng = random.Random(7)
+        for _ in range(400):
+            c, d = rng.randrange(1 << 32), rng.randbytes(rng.randrange(0, 2100))
+            assert lib.rm_crc32(c, d, len(d)) == zlib.crc32(d, c)
+        print("ok")
+    ''')
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       env=dict(os.environ, REFMARSHAL_NO_CLMUL="1"), cwd="/")
+    assert r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("mode", ["huge-pages", "small-pages", "file-mapping"])
+def test_every_memory_mode_loads_the_same_code(third_party_image, mode):
+    from refmarshal._accel.loader import AccelImage
+    img = AccelImage(third_party_image[0], mode=mode)
+    for n in img.names():
+        code = img.get_code(n)
+        assert img.owns(code) and same_code(code, compiled(img.entry(n).path)), n
+
+
+def test_cost_grows_with_what_is_loaded_not_with_the_image(stdlib_image):
+    from refmarshal._accel.loader import AccelImage
+    path, result = stdlib_image
+    img = AccelImage(path)
+    size = os.path.getsize(path)
+    assert img.bytes_read <= 64 * 1024                 # opening reads the header's chunk
+    img.get_code("keyword")
+    assert img.bytes_read < size / 20, (img.bytes_read, size)
+    for n in img.names():
+        img.get_code(n)
+    assert img.bytes_read <= size
+
+
+def test_image_truncated_while_in_use_fails_cleanly(tmp_path):
+    """[LOAD-6] is a rule for writers; if it is broken anyway, later loads fail, nothing crashes
+    and code already loaded keeps working (it lives in private memory, not in the file)."""
+    entries = corpus.stdlib_modules()[:80]
+    path = tmp_path / "t.img"
+    refmarshal.build(path, entries)
+    script = textwrap.dedent('''
+        import os, sys
+        from refmarshal import ImageError
+        from refmarshal._accel.loader import AccelImage
+        img = AccelImage(sys.argv[1])
+        names = img.names()
+        first = img.get_code(names[0])
+        os.truncate(sys.argv[1], os.path.getsize(sys.argv[1]) // 3)
+        failed = 0
+        for n in names[1:]:
+            try:
+                img.get_code(n)
+            except ImageError as exc:
+                failed += 1
+                assert "truncated while in use" in str(exc) or "checksum" in str(exc), exc
+        assert failed > 0
+        exec(first, {"__name__": names[0]})
+        print("ok", failed)
+    ''')
+    r = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=300)
+    assert r.returncode == 0 and r.stdout.startswith("ok"), r.stderr[-2000:]
+
+
+def _is_interned(s):
+    """Without interning anything: marshal format 3 writes 't' for an interned str, 'u'
+    otherwise (format 2, which same_code uses, does not record it); FLAG_REF is masked."""
+    import marshal
+    return marshal.dumps(s, 3)[0] & 0x7F == ord("t")
+
+
+def test_names_are_the_interned_strings(stdlib_image):
+    """[LOAD-2], [OBJ-5]: every name a code object holds is interned, as compile() and marshal
+    make them; in 3.11 and 3.12 that includes one-character names, whose interned object is not
+    the latin-1 singleton."""
+    img = _accel(stdlib_image[0])
+    checked = 0
+    for name in img.names()[::5]:
+        for co in walk(img.get_code(name)):
+            for s in co.co_names + co.co_varnames + co.co_cellvars + co.co_freevars:
+                assert _is_interned(s) and sys.intern(s) is s, (name, co.co_qualname, s)
+                checked += 1
+    assert checked > 10000

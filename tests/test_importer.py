@@ -110,17 +110,18 @@ def child_env(pythonpath=(), **extra):
     return env
 
 
-def run(argv, cwd, *, python=sys.executable, pythonpath=(), env=None, ok=True):
+def run(argv, cwd, *, python=sys.executable, pythonpath=(), env=None):
+    """A child interpreter that must exit 0."""
     r = subprocess.run([python, *argv], cwd=cwd, env=child_env(pythonpath, **(env or {})),
                        capture_output=True, text=True, timeout=300)
-    if ok:
-        assert r.returncode == 0, r.stderr
+    assert r.returncode == 0, r.stderr
     return r
 
 
-def script(body, mode, img, cwd, *args, flags=(), pythonpath=(), ok=True, python=sys.executable):
+def script(body, mode, img, cwd, *args, flags=(), pythonpath=()):
+    """Run PRELUDE + body in a child; mode "stock", "checked" or "unchecked"."""
     argv = [*flags, "-c", PRELUDE + textwrap.dedent(body), mode, str(img), *map(str, args)]
-    return run(argv, cwd, python=python, pythonpath=pythonpath, ok=ok)
+    return run(argv, cwd, pythonpath=pythonpath)
 
 
 def observe(body, img, cwd, *args, modes=("stock", "checked"), **kw):
@@ -137,7 +138,7 @@ def observe(body, img, cwd, *args, modes=("stock", "checked"), **kw):
 # Module attributes and behaviour: exactly stock.
 
 ATTRIBUTES = '''
-    import importlib, importlib.machinery, importlib.resources, inspect, linecache, pickle
+    import copy, importlib, importlib.machinery, importlib.resources, inspect, linecache, pickle
     import traceback
     names = sys.argv[3].split(",")
     obs, own = {}, {}
@@ -153,7 +154,9 @@ ATTRIBUTES = '''
                  same_loader=spec.loader is ld, name=ld.name, ld_path=ld.path,
                  filename=ld.get_filename(name), is_package=ld.is_package(name),
                  source=ld.get_source(name), data=ld.get_data(ld.path).decode(),
-                 code_filename=m.MODCODE.co_filename, code_name=m.MODCODE.co_name)
+                 code_filename=m.MODCODE.co_filename, code_name=m.MODCODE.co_name,
+                 spec_pickled=repr(pickle.loads(pickle.dumps(spec)).loader.get_filename(name)),
+                 spec_copied=copy.deepcopy(spec).origin)
         obs[name], own[name] = o, owned(m)
     import mod, pkg, ns.portion
     obs["ns"] = [ns.__spec__.origin, list(ns.__path__), type(ns.__spec__.loader).__name__]
@@ -237,9 +240,9 @@ WHICH = '''
 
 
 def both_modes(body, img, cwd, *args, **kw):
+    """(what stock import observed, what the checked finder observed)."""
     out = observe(body, img, cwd, *args, **kw)
-    stock, mine = out["stock"], out["checked"]
-    return stock, mine
+    return out["stock"], out["checked"]
 
 
 def test_current_directory_shadows_for_dash_c(tree):
@@ -501,6 +504,12 @@ def test_bad_module_alone_goes_stock(tree):
     assert (who, own_mod, g, own_pkg) == ("tree", False, "gh", True)
     assert len(msgs) == 1 and msgs[0].startswith(f"refmarshal: {img}: module mod: ")
     assert fallbacks == 2 and hits == 4     # the reload goes to stock without a second warning
+    # -W error: the import still works as stock, and the message is one line on stderr
+    r = script("import mod\nemit([mod.WHO, owned(mod)])\n", "checked", img, cwd,
+               flags=["-W", "error"], pythonpath=[src])
+    assert json.loads(r.stdout) == ["tree", False]
+    assert r.stderr.startswith(f"refmarshal: {img}: module mod: ") and "Traceback" not in r.stderr
+    assert len(r.stderr.splitlines()) == 1
 
 
 # ---------------------------------------------------------------------------------------
@@ -536,10 +545,11 @@ STARTUP = '''
     import json, sys
     import refmarshal._startup
     refmarshal._startup.run()
+    before = [type(f).__name__ for f in sys.meta_path if "refmarshal" in type(f).__module__]
+    import mod
     from refmarshal import importer
     fs = [f for f in sys.meta_path if isinstance(f, importer.ImageFinder)]
-    import mod
-    print(json.dumps([[(f.path, f.checked) for f in fs], mod.WHO,
+    print(json.dumps([before, [(f.path, f.checked) for f in fs], mod.WHO,
                       any(f.image.owns(mod.MODCODE) for f in fs)]))
 '''
 
@@ -551,21 +561,78 @@ def test_startup_environment_switches(tree):
         r = run([*flags, "-c", textwrap.dedent(STARTUP)], cwd, pythonpath=[src], env=env)
         return json.loads(r.stdout), r.stderr
 
-    assert start(REFMARSHAL_IMAGE=str(img)) == ([[[str(img), True]], "tree", True], "")
+    # the image is opened at the first import, in place of the PendingFinder
+    pending = ["PendingFinder"]
+    assert start(REFMARSHAL_IMAGE=str(img)) == ([pending, [[str(img), True]], "tree", True], "")
     assert start(REFMARSHAL_IMAGE=str(img), REFMARSHAL_UNCHECKED="1") == \
-        ([[[str(img), False]], "tree", True], "")
-    assert start(REFMARSHAL_IMAGE=str(img), REFMARSHAL="0") == ([[], "tree", False], "")
-    assert start(REFMARSHAL="0") == ([[], "tree", False], "")
-    # the default image (not built here): one warning, stock imports
+        ([pending, [[str(img), False]], "tree", True], "")
+    assert start(REFMARSHAL_IMAGE=str(img), REFMARSHAL="0") == ([[], [], "tree", False], "")
+    assert start(REFMARSHAL="0") == ([[], [], "tree", False], "")
+    # the default image (not built here): one warning at start, stock imports
     out, err = start()
-    assert out == [[], "tree", False]
+    assert out == [[], [], "tree", False]
     assert err.count("RefmarshalWarning") == 1 and importer.default_image_path() in err
     # -W error turns the warning into an exception: run() still returns, and says it once
     out, err = start(flags=["-W", "error"], REFMARSHAL_IMAGE=str(cwd / "nope.img"))
-    assert out == [[], "tree", False] and "Traceback" not in err
+    assert out == [[], [], "tree", False] and "Traceback" not in err
     assert err.strip().splitlines() == [f"refmarshal: {cwd / 'nope.img'}: no image here "
                                         "(build one with `refmarshal build`); imports go on "
                                         "as stock"]
+    # a bad image is found out at the first import: one warning (or line), then stock
+    bad = cwd.parent / "bad.img"
+    bad.write_bytes(b"\x00" * 4096)
+    out, err = start(REFMARSHAL_IMAGE=str(bad))
+    assert out == [pending, [], "tree", False] and err.count("RefmarshalWarning") == 1
+    out, err = start(flags=["-W", "error"], REFMARSHAL_IMAGE=str(bad))
+    assert out == [pending, [], "tree", False] and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and err.startswith(f"refmarshal: {bad}: ")
+
+
+def test_ignore_environment_keeps_the_image_choice_out(tree):
+    """-E / -I ignore PYTHONPATH; REFMARSHAL_IMAGE and REFMARSHAL_UNCHECKED choose code too."""
+    src, img, cwd = tree
+    body = ("import os, sys\nsys.path[:0] = sys.argv[1:]\nimport refmarshal._startup\n"
+            "refmarshal._startup.run()\n"
+            "print([type(f).__name__ for f in sys.meta_path if 'refmarshal' in type(f).__module__])")
+    paths = [str(src), os.path.dirname(os.path.dirname(refmarshal.__file__))]
+    for flag in ("-E", "-I"):
+        r = run([flag, "-c", body, *paths], cwd, env={"REFMARSHAL_IMAGE": str(img),
+                                                    "REFMARSHAL_UNCHECKED": "1"})
+        assert r.stdout == "[]\n" and r.stderr.count("RefmarshalWarning") == 1
+        assert importer.default_image_path() in r.stderr and str(img) not in r.stderr
+        r = run([flag, "-c", body, *paths], cwd, env={"REFMARSHAL": "0"})
+        assert (r.stdout, r.stderr) == ("[]\n", "")
+
+
+FIRST = '''
+    import sys
+    import refmarshal._startup
+    refmarshal._startup.run()
+    first = __import__(sys.argv[1], fromlist=["x"])   # the first import the hook sees
+    import importlib, importlib.util, struct, mod
+    import refmarshal.format as F, refmarshal._accel.loader as L
+    from refmarshal import importer
+    f = [x for x in sys.meta_path if isinstance(x, importer.ImageFinder)]
+    ld = first.__spec__.loader
+    print(first is sys.modules[sys.argv[1]], getattr(ld, "__name__", type(ld).__name__),
+          first.__spec__.name, hasattr(importlib, "util"), F.struct is struct,
+          type(f[0].image) is L.AccelImage, f[0].image.owns(mod.MODCODE))
+'''
+
+
+@pytest.mark.parametrize("first", ["importlib.util", "struct", "refmarshal._accel.loader",
+                                   "refmarshal.format", "mod"])
+def test_modules_the_hook_imports_are_imported_once(tree, first):
+    """The first import wakes the PendingFinder, which imports the accelerator: when that
+    imports the very module being looked for (struct, say), the import system gets that module
+    object, not a second execution of it."""
+    src, img, cwd = tree
+    r = run(["-c", textwrap.dedent(FIRST), first], cwd, pythonpath=[src],
+            env={"REFMARSHAL_IMAGE": str(img)})
+    assert r.stderr == ""
+    same, loader, name, *rest = r.stdout.split()
+    assert same == "True" and name == first and rest == ["True"] * 4
+    assert loader in ("SourceFileLoader", "ImageLoader", "FrozenImporter")
 
 
 @pytest.fixture(scope="module")
@@ -576,11 +643,10 @@ def venv(tmp_path_factory):
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(d)], check=True,
                    env=child_env(), cwd=d.parent, timeout=300)
     python = str(d / "bin" / "python")
-    site, image = subprocess.run(
-        [python, "-c", "import sysconfig, sys; print(sysconfig.get_path('purelib')); "
-                       "print(sys.prefix)"],
+    site = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
         capture_output=True, text=True, check=True, env=child_env(), cwd=d.parent
-    ).stdout.split("\n")[:2]
+    ).stdout.strip()
     import _cffi_backend
     roots = {os.path.dirname(os.path.dirname(refmarshal.__file__)),
              os.path.dirname(_cffi_backend.__file__)}
@@ -605,6 +671,14 @@ def test_pth_hook_in_a_virtual_environment(venv, tree):
              "f = [x for x in sys.meta_path if type(x).__name__ == 'ImageFinder']\n"
              "print(len(f), f and f[0].image.owns(mod.MODCODE), f and f[0].hits, mod.WHO)\n")
     try:
+        # the imports of every start (site's, linecache for -c on 3.13) leave the image closed
+        finders = "import sys\nprint([getattr(f, '__name__', type(f).__name__) " \
+                  "for f in sys.meta_path])\n"
+        (cwd / "finders.py").write_text(finders)
+        for argv in (["finders.py"], ["-c", finders]):
+            r = run(argv, cwd, python=python)
+            assert "'PendingFinder', 'PathFinder'" in r.stdout and r.stderr == ""
+        (cwd / "finders.py").unlink()
         r = run(["-c", probe], cwd, python=python, pythonpath=[src])
         assert (r.stdout, r.stderr) == ("1 True 5 tree\n", "")
         # -m: the main module's code comes from the image; the current directory shadows
@@ -627,6 +701,15 @@ def test_pth_hook_in_a_virtual_environment(venv, tree):
         r = run(["-c", probe], cwd, python=python, pythonpath=[src])
         assert r.stdout == "0 [] [] tree\n"
         assert r.stderr.count("RefmarshalWarning") == 1 and default in r.stderr
+        # an image named in the .pth line (enable --image); REFMARSHAL_IMAGE still wins
+        with open(pth, "w") as fh:
+            fh.write(importer.pth_text(img))
+        r = run(["-c", probe], cwd, python=python, pythonpath=[src])
+        assert (r.stdout, r.stderr) == ("1 True 5 tree\n", "")
+        other = cwd.parent / "other.img"
+        r = run(["-c", probe], cwd, python=python, pythonpath=[src],
+                env={"REFMARSHAL_IMAGE": str(other)})
+        assert r.stdout == "0 [] [] tree\n" and str(other) in r.stderr
         # refmarshal uninstalled but the .pth left behind: a silent start
         os.rename(os.path.join(site, "_refmarshal_for_tests.pth"), os.path.join(site, "off"))
         try:
@@ -639,6 +722,47 @@ def test_pth_hook_in_a_virtual_environment(venv, tree):
                       os.path.join(site, "_refmarshal_for_tests.pth"))
     finally:
         os.unlink(pth)
+
+
+def test_threads_loading_at_once_each_get_their_module(tmp_path, stdlib_image):
+    """The accelerator hands a loaded code object over through a list while the GIL is
+    released: threads loading at once (as threads importing at once do) must not swap them.
+    The standard library's image makes loads long enough for threads to meet."""
+    src = tmp_path / "src"
+    names = [f"m{i:03d}" for i in range(240)]
+    write_tree(src, {f"{n}.py": MODCODE + f"NAME = {n!r}\n" + "def f():\n    return NAME\n" * 20
+                     for n in names})
+    img = tmp_path / "many.img"
+    refmarshal.build(img, [(n, src / f"{n}.py") for n in names])
+    body = '''
+        import importlib, threading
+        from refmarshal._accel.loader import AccelImage
+        names = sys.argv[3].split(",")
+        big = AccelImage(sys.argv[4])
+        wrong = []
+        def run_threads(fn, items):
+            ts = [threading.Thread(target=fn, args=(items[i::8],)) for i in range(8)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join()
+        def load(chunk):
+            for n in chunk:
+                if big.get_code(n).co_filename != big.entry(n).path:
+                    wrong.append(n)
+        def imp(chunk):
+            for n in chunk:
+                m = importlib.import_module(n)
+                if m.NAME != n or m.MODCODE.co_filename != m.__file__ or not owned(m):
+                    wrong.append(n)
+        sys.setswitchinterval(1e-6)
+        run_threads(load, big.names()[:600])
+        run_threads(imp, names)
+        emit([wrong, finder.hits])
+    '''
+    r = script(body, "checked", img, tmp_path, ",".join(names), stdlib_image[0],
+               pythonpath=[src])
+    assert r.stderr == "" and json.loads(r.stdout) == [[], len(names)]
 
 
 # ---------------------------------------------------------------------------------------

@@ -8,13 +8,14 @@ from cffi import FFI
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 ffibuilder = FFI()
-with open(os.path.join(HERE, "rm_loader.h")) as fh:
-    ffibuilder.cdef("".join(l for l in fh if not l.startswith(("/*", " *"))))
+for header in ("rm_loader.h", "rm_writer.h"):
+    with open(os.path.join(HERE, header)) as fh:
+        ffibuilder.cdef("".join(l for l in fh if not l.startswith(("/*", " *"))))
 ffibuilder.set_source(
     "refmarshal._accel._loader",
-    '#include "rm_loader.h"',
+    '#include "rm_loader.h"\n#include "rm_writer.h"',
     # paths relative to the project root, where the package build runs this script
-    sources=["refmarshal/_accel/rm_loader.c"],
+    sources=["refmarshal/_accel/rm_loader.c", "refmarshal/_accel/rm_writer.c"],
     include_dirs=["refmarshal/_accel"],
     extra_compile_args=["-O2", "-Wall"],
     py_limited_api=False,  # it relies on one version's internal layouts: never abi3

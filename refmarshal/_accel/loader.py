@@ -8,6 +8,7 @@ container constants (format.py), never the reference reader or writer.
 
 import os
 import sys
+from _thread import RLock
 
 from .. import format as F
 from ..errors import ImageError
@@ -17,7 +18,10 @@ if lib.rm_python_version() >> 16 != sys.hexversion >> 16:
     raise ImportError("refmarshal accelerator was built for another Python version")
 
 # rm_load_module hands its result over by appending it here (cffi has no PyObject* return).
+# cffi releases the GIL around the call, so another thread could append in between: each
+# call and its pop happen under this lock.
 _inbox = []
+_inbox_lock = RLock()
 if lib.rm_bind_inbox(__name__.encode(), b"_inbox") != 0:
     raise ImportError("refmarshal accelerator: cannot bind its result list")
 
@@ -67,6 +71,11 @@ class AccelImage:
         """True when the image is not at its preferred base (PTR records applied)."""
         return bool(lib.rm_relocated(self._handle))
 
+    @property
+    def bytes_read(self):
+        """How many bytes of the file have been brought into memory so far."""
+        return lib.rm_bytes_read(self._handle)
+
     def owns(self, obj):
         return self._base <= id(obj) < self._base + self._size
 
@@ -109,14 +118,15 @@ class AccelImage:
         if code is not None:
             return code
         found = self._entries.get(name)
-        if found is not None:
-            rc = lib.rm_load_module(self._handle, found[0], self._err, _ERRLEN)
-        else:
-            key = name.encode("utf-8")
-            rc = lib.rm_get_code(self._handle, key, len(key), self._err, _ERRLEN)
-            if rc == -1:
-                raise KeyError(name)
-        if rc != 0:
-            raise ImageError(f"{self.path}: module {name}: {self._error()}")
-        code = self._codes[name] = _inbox.pop()
+        with _inbox_lock:
+            if found is not None:
+                rc = lib.rm_load_module(self._handle, found[0], self._err, _ERRLEN)
+            else:
+                key = name.encode("utf-8")
+                rc = lib.rm_get_code(self._handle, key, len(key), self._err, _ERRLEN)
+                if rc == -1:
+                    raise KeyError(name)
+            if rc != 0:
+                raise ImageError(f"{self.path}: module {name}: {self._error()}")
+            code = self._codes[name] = _inbox.pop()
         return code

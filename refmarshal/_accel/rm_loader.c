@@ -74,6 +74,7 @@ struct rm_image {
     uint64_t dir_off, names_off, names_size, sidx_off, sheap_off, sheap_size,
              mheap_off, mheap_size, rel_off, rel_size;
     unsigned char *chunk_ready;   /* per CHUNK: 1 once read from the file */
+    uint64_t bytes_read;          /* how much of the file has been read so far */
     PyObject **strings;           /* resolved strings, by index (NULL: not yet) */
     unsigned char *state;         /* per module: 0 not loaded, 1 loaded, 2 failed */
     int pinned;                   /* something in the region was handed to the interpreter
@@ -257,6 +258,7 @@ static int ensure(rm_image *img, uint64_t off, uint64_t len, char *err, int errl
                 return -1;
             }
             from += (uint64_t)got;
+            img->bytes_read += (uint64_t)got;
         }
         memset(img->chunk_ready + c, 1, run - c);
         c = run;
@@ -366,6 +368,7 @@ const unsigned char *rm_base(rm_image *img) { return img->base; }
 unsigned long long rm_size(rm_image *img) { return img->size; }
 int rm_relocated(rm_image *img) { return (uint64_t)(uintptr_t)img->base != img->preferred; }
 unsigned int rm_module_count(rm_image *img) { return img->nmodules; }
+unsigned long long rm_bytes_read(rm_image *img) { return img->bytes_read; }
 
 /* ---- Directory ([DIR-1], [DIR-2]) -------------------------------------------------------- */
 /* Entry i's name, bounds-checked (not yet checksummed): for binary search. */
@@ -546,11 +549,16 @@ static int load_module(rm_image *img, uint32_t index, char *err, int errlen) {
         FAIL("segment checksum mismatch");
     if (!inbox || init_singletons() < 0) FAIL("accelerator not initialised");
 
-    /* Pass 1: validate every record; nothing is written yet. */
+    /* Pass 1: validate every record; nothing is written yet.  Records are sorted by (kind,
+       slot) ([REL-3]), so each kind is one run: first[k] .. first[k+1]. */
     uint64_t lo = img->preferred + seg_off, hi = lo + seg_size;
+    uint32_t first[R_PTR + 2] = {0}, prev_key = 0;
     for (uint32_t i = 0; i < r_count; i++) {
-        uint32_t slot = rel[i] >> 3, kind = rel[i] & 7;
+        uint32_t slot = rel[i] >> 3, kind = rel[i] & 7, key = (kind << 29) | slot;
         uint64_t v;
+        if (kind > R_PTR) FAIL("relocation %u: unknown kind", i);
+        if (i && key <= prev_key) FAIL("relocation %u: out of order", i);
+        prev_key = key;
         if ((uint64_t)slot * 8 + 8 > seg_size) FAIL("relocation %u: slot outside the segment", i);
         memcpy(&v, seg + (uint64_t)slot * 8, 8);
         switch (kind) {
@@ -559,49 +567,46 @@ static int load_module(rm_image *img, uint32_t index, char *err, int errlen) {
                           FAIL("relocation %u: bad singleton id", i);
                       break;
         case R_STR: if (v >= img->nstrings) FAIL("relocation %u: bad string index", i); break;
-        case R_FROZENSET: case R_PTR: if (v < lo || v >= hi) FAIL("relocation %u: pointer outside", i); break;
-        default: FAIL("relocation %u: unknown kind", i);
+        default: if (v < lo || v >= hi) FAIL("relocation %u: pointer outside", i); break;
         }
-        if ((kind == R_PTR) != (i >= r_nonptr)) FAIL("relocation %u: out of order", i);
+        for (uint32_t k = kind + 1; k <= R_PTR + 1; k++) first[k] = i + 1;
     }
-    /* Strings first: they can fail (checksums), and nothing in the segment is written yet. */
-    for (uint32_t i = 0; i < r_count; i++) {
-        if ((rel[i] & 7) != R_STR) continue;
+    if (first[R_PTR] != r_nonptr) FAIL("relocation counts do not match the directory");
+    /* Strings first: they can fail (checksums), and nothing in the segment is written yet.
+       Prefetching a few strings ahead overlaps their cache misses (they are scattered). */
+    for (uint32_t i = first[R_STR]; i < first[R_STR + 1]; i++) {
+        if (i + 8 < first[R_STR + 1]) {
+            uint64_t ahead = rd64(seg + (uint64_t)(rel[i + 8] >> 3) * 8);
+            __builtin_prefetch(&img->strings[ahead]);
+            __builtin_prefetch(img->base + img->sidx_off + ahead * STRING_SIZE);
+        }
         if (!resolve_string(img, rd64(seg + (uint64_t)(rel[i] >> 3) * 8), err, errlen)) goto fail;
     }
-    /* Pass 2: apply.  PTR records only when the file is not at its preferred base. */
-    int64_t delta = (int64_t)((uintptr_t)img->base - img->preferred);
-    uint32_t n = delta ? r_count : r_nonptr;
-    for (uint32_t i = 0; i < n; i++) {
-        PyObject **w = (PyObject **)(seg + (uint64_t)(rel[i] >> 3) * 8);
-        uint64_t v = (uint64_t)(uintptr_t)*w;
-        switch (rel[i] & 7) {
-        case R_TYPE: {
-            static PyTypeObject *types[8];
-            if (!types[1]) {
-                types[T_STR] = &PyUnicode_Type; types[T_BYTES] = &PyBytes_Type;
-                types[T_TUPLE] = &PyTuple_Type; types[T_INT] = &PyLong_Type;
-                types[T_FLOAT] = &PyFloat_Type; types[T_COMPLEX] = &PyComplex_Type;
-                types[T_CODE] = &PyCode_Type;
-            }
-            *w = (PyObject *)types[v];
-            break;
-        }
-        case R_CONST: *w = singletons[v]; break;
-        case R_STR: *w = img->strings[v]; break;
-        case R_FROZENSET: case R_PTR: *w = (PyObject *)(uintptr_t)(v + delta); break;
-        }
+    /* Pass 2: apply.  PTR records only when the region is not at its preferred base. */
+    static PyTypeObject *types[8];
+    if (!types[1]) {
+        types[T_STR] = &PyUnicode_Type; types[T_BYTES] = &PyBytes_Type;
+        types[T_TUPLE] = &PyTuple_Type; types[T_INT] = &PyLong_Type;
+        types[T_FLOAT] = &PyFloat_Type; types[T_COMPLEX] = &PyComplex_Type;
+        types[T_CODE] = &PyCode_Type;
     }
+    int64_t delta = (int64_t)((uintptr_t)img->base - img->preferred);
+    PyObject **w;
+#define SLOT(i) (w = (PyObject **)(seg + (uint64_t)(rel[i] >> 3) * 8))
+    for (uint32_t i = first[R_TYPE]; i < first[R_TYPE + 1]; i++) SLOT(i), *w = (PyObject *)types[(uintptr_t)*w];
+    for (uint32_t i = first[R_CONST]; i < first[R_CONST + 1]; i++) SLOT(i), *w = singletons[(uintptr_t)*w];
+    for (uint32_t i = first[R_STR]; i < first[R_STR + 1]; i++) SLOT(i), *w = img->strings[(uintptr_t)*w];
+    if (delta)
+        for (uint32_t i = first[R_FROZENSET]; i < r_count; i++) SLOT(i), *w = (PyObject *)((uintptr_t)*w + delta);
     /* Frozensets ([OBJ-9]): built from their (now fixed-up) tuples. */
-    for (uint32_t i = 0; i < r_count; i++) {
-        if ((rel[i] & 7) != R_FROZENSET) continue;
-        PyObject **w = (PyObject **)(seg + (uint64_t)(rel[i] >> 3) * 8);
+    for (uint32_t i = first[R_FROZENSET]; i < first[R_FROZENSET + 1]; i++) {
+        SLOT(i);
         PyObject *fs = PyFrozenSet_New(*w);
         if (!fs) { PyErr_Clear(); FAIL("cannot build a frozenset"); }
         *w = fs;                     /* owned by the image forever */
     }
-    for (uint32_t i = 0; i < r_nonptr; i++) {
-        if ((rel[i] & 7) != R_TYPE) continue;
+#undef SLOT
+    for (uint32_t i = first[R_TYPE]; i < first[R_TYPE + 1]; i++) {
         PyObject *o = (PyObject *)(seg + (uint64_t)(rel[i] >> 3) * 8 - 8);
         if (Py_TYPE(o) == &PyCode_Type && init_code_object((PyCodeObject *)o) < 0) {
             PyErr_Clear();

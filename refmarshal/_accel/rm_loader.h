@@ -30,6 +30,7 @@ const unsigned char *rm_base(rm_image *img);
 unsigned long long rm_size(rm_image *img);
 int rm_relocated(rm_image *img);
 unsigned int rm_module_count(rm_image *img);
+unsigned long long rm_bytes_read(rm_image *img);
 int rm_entry(rm_image *img, unsigned int index, rm_entry_info *out, char *err, int errlen);
 int rm_find(rm_image *img, const char *name, size_t len, char *err, int errlen);
 int rm_load_module(rm_image *img, unsigned int index, char *err, int errlen);

@@ -1,0 +1,101 @@
+"""The second writer: every object's bytes are copied from the live object's memory in C
+(rm_writer.c), then normalised where the spec says a field is process-dependent.
+
+It must give exactly the bytes of the reference writer (refmarshal/writer.py), which packs
+each field from the spec's tables: equal images show the spec describes CPython's real
+memory layout.  C places each module's objects (which also orders the string table) and
+encodes all of them; Python assembles the file with the reference writer's own code.
+
+Code objects may have run: ``co_code_adaptive`` is rebuilt from CPython's de-specialised
+bytecode.  What a running program can change and no writer can undo: a constant string
+interned at run time (``setattr(o, "a b", v)``) is stored as interned ([STR-4]).
+"""
+
+import marshal
+import sys
+import threading
+
+from .. import writer as R
+from ..errors import ImageError
+from ._loader import ffi, lib
+
+if lib.rm_python_version() >> 16 != sys.hexversion >> 16:
+    raise ImportError("refmarshal accelerator was built for another Python version")
+
+# Objects travel to and from C through this list (cffi has no PyObject* arguments); one
+# image is encoded at a time, so two threads never fill it at once.
+_box = []
+_box_lock = threading.Lock()
+if lib.rm_writer_bind(__name__.encode(), b"_box") != 0:
+    raise ImportError("refmarshal accelerator: cannot bind the writer's list")
+
+_ERRLEN = 256
+
+
+def encode_image_native(layout, modules, optimize):
+    """The bytes of an image of ``modules``: name -> (path, mtime_ns, size, is_pkg, code),
+    ``code`` a live code object (it may have run).  Mirrors
+    ``refmarshal.writer.encode_image``, which takes the module's graph instead."""
+    with _box_lock:
+        return _encode_image(layout, modules, optimize)
+
+
+def _encode_image(layout, modules, optimize):
+    if layout.version != sys.version_info[:2]:
+        raise ImageError("the C writer writes only the running interpreter's layout")
+    names = sorted(modules, key=lambda n: n.encode("utf-8"))            # [DIR-2]
+    err = ffi.new("char[]", _ERRLEN)
+    found = {}       # (str, interned) -> a live str with that value, in order of first use
+    plans = []
+    try:
+        for n in names:
+            _box[:] = [modules[n][4], found, _frozenset_tuple]
+            plan = lib.rm_plan_module(err, _ERRLEN)
+            if plan == ffi.NULL:
+                raise ImageError(f"module {n}: {ffi.string(err).decode(errors='replace')}")
+            plans.append(plan)
+        keys = list(found)                                          # [STR-2]
+        index = {k: i for i, k in enumerate(keys)}
+        strings = _encode_strings([found[k] for k in keys], err)
+
+        def encode_segment(i, seg_off, base):
+            _box[:] = [index]
+            if lib.rm_encode_module(plans[i], base + seg_off, err, _ERRLEN) != 0:
+                raise ImageError(f"module {names[i]}: "
+                                 f"{ffi.string(err).decode(errors='replace')}")
+            return tuple(_box)
+
+        return R.assemble_image(names, modules,
+                                [(k[1], s) for k, s in zip(keys, strings)],
+                                encode_segment, optimize)
+    finally:
+        _box.clear()
+        for plan in plans:
+            lib.rm_plan_free(plan)
+
+
+def _encode_strings(objs, err):
+    sizes = ffi.new("unsigned int[]", max(1, len(objs)))
+    _box[:] = [objs]
+    if lib.rm_encode_strings(sizes, err, _ERRLEN) != 0:
+        raise ImageError(ffi.string(err).decode(errors="replace"))
+    heap = memoryview(_box[0])
+    out, pos = [], 0
+    for i in range(len(objs)):
+        out.append(heap[pos:pos + sizes[i]])
+        pos += sizes[i]
+    return out
+
+
+def _frozenset_tuple(fs):
+    """[OBJ-9] a frozenset's items in canonical order, as the tuple stored for it."""
+    return tuple(sorted(fs, key=_frozenset_key))
+
+
+def _frozenset_key(item):
+    # The reference writer's key (writer._frozenset_key) for a live item.  A set holds no two
+    # equal strings, so the interned flag never decides and is left out; marshal format 2
+    # writes no interned state either, so live strings the compiler interned sort as values.
+    if type(item) is str:
+        return (1, item.encode("utf-8", "surrogatepass"))
+    return (0, marshal.dumps(item, 2))
