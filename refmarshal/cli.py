@@ -64,8 +64,11 @@ def finder_image(env=None):
     source tree."""
     import subprocess
     import tempfile
-    code = ("import sys; f = [f for f in sys.meta_path if type(f).__module__ == "
-            "'refmarshal.importer']; print(f[0].path if f else '')")
+    # The hook puts a placeholder on sys.meta_path that installs the finder at the first
+    # import reaching it: a module that does not exist is such an import.
+    code = ("import sys\ntry: import refmarshal_probe_no_such_module\nexcept ImportError: pass\n"
+            "f = [f for f in sys.meta_path if type(f).__module__ == 'refmarshal.importer']\n"
+            "print(f[0].path if f else '')")
     with tempfile.TemporaryDirectory(prefix="refmarshal-") as cwd:
         proc = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env,
                               capture_output=True, text=True)
@@ -131,7 +134,8 @@ def build_image(output, modules, jobs, verbose=False):
         # authors, shown when they run it; compileall -q is as quiet
         warnings.simplefilter("ignore", SyntaxWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
-        result = build(output, modules.items(), jobs=jobs, progress=Progress("compiling"))
+        result = build(output, modules.items(), jobs=jobs, progress=Progress("compiling"),
+                       implementation="auto")
     seconds = time.perf_counter() - start
     _say(f"{len(result.modules)} modules, {len(result.skipped)} skipped, {_mb(result.size)}, "
          f"{result.strings} shared strings, {seconds:.1f} s")
@@ -446,13 +450,6 @@ def run_profile(argv):
 
 # ------------------------------------------------------------------------------ parser
 
-def _jobs_default():
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 def make_parser():
     p = _Parser(prog="refmarshal", description="Fast imports from one image of an "
                 "environment's code objects.  Run a command with --help for its options.")
@@ -476,8 +473,9 @@ def make_parser():
     c.add_argument("--exclude", action="append", default=[], metavar="GLOB",
                    help="leave out modules whose name, or a parent package's name, matches "
                    "GLOB, e.g. 'test' or '*.tests' (repeatable)")
-    c.add_argument("-j", "--jobs", type=int, default=_jobs_default(), metavar="N",
-                   help="compile in N processes (default: the CPUs available, %(default)s)")
+    c.add_argument("-j", "--jobs", type=int, default=1, metavar="N",
+                   help="compile in N processes (default 1: with the C writer one process is "
+                   "about as fast as compileall)")
     c.add_argument("-v", "--verbose", action="store_true", help="list the skipped modules")
 
     c = command("enable", cmd_enable, "install the .pth hook that imports through the image "
@@ -490,7 +488,7 @@ def make_parser():
                    help="then time a few imports before and after (as refmarshal bench)")
     c.add_argument("--runs", type=int, default=10, metavar="N",
                    help="runs per measurement for --bench (default %(default)s)")
-    c.add_argument("-j", "--jobs", type=int, default=_jobs_default(), metavar="N",
+    c.add_argument("-j", "--jobs", type=int, default=1, metavar="N",
                    help="build with N processes (default %(default)s)")
 
     command("disable", cmd_disable, "remove the .pth hook (the image is kept)")
