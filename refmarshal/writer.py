@@ -290,8 +290,12 @@ def build(path, entries, *, optimize=-1, jobs=1, progress=None, implementation="
     The file is written to a temporary name and renamed into place.  ``jobs`` > 1 compiles
     modules in that many processes; ``progress(done, total, name)`` is called after each module
     is compiled.  ``implementation``: "reference" (this module, the oracle), "native" (the C
-    writer of the accelerator, several times faster) or "auto" (native when it is built).  The
-    bytes written depend on none of these.
+    writer of the accelerator, several times faster) or "auto" (native when it is built).
+
+    Both writers write the same bytes for the same code objects, in one process or several.
+    What ``compile()`` returns can differ slightly between processes, though: which equal
+    constants it shares depends on the process's state (ftplib compiled after ``import ssl``
+    shares one frozenset less), so an image may differ in such sharing, never in a value.
     """
     layout = current()
     if layout is None:
