@@ -71,10 +71,11 @@ def run_once(python, stmt, arm, cwd):
     return elapsed
 
 
-def probe(python, stmt, arm, cwd):
+def probe(python, stmt, arm):
     """(modules the image served, modules imported) in one child running ``stmt``."""
-    proc = subprocess.run([python, "-c", stmt + "\n" + _PROBE], env=arm.env, cwd=cwd,
-                          capture_output=True, text=True)
+    with tempfile.TemporaryDirectory(prefix="refmarshal-bench-") as cwd:
+        proc = subprocess.run([python, "-c", stmt + "\n" + _PROBE], env=arm.env, cwd=cwd,
+                              capture_output=True, text=True)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise BenchError(f"{arm.label}: python -c {stmt!r} failed: {last}")

@@ -398,7 +398,7 @@ def cmd_status(args):
         new = [n for n in environment.discover() if n not in held]
         if new:
             _say(f"new       {len(new)} module(s) of this environment are not in the image"
-                 f"{': ' + ', '.join(new[:5]) + (' ...' if len(new) > 5 else '') if new else ''}")
+                 f": {', '.join(new[:5])}{' ...' if len(new) > 5 else ''}")
     return 1 if bad else 0
 
 
@@ -413,7 +413,7 @@ def _run_bench(modules, runs):
     statements = [bench.statement(None)] + [bench.statement(m) for m in modules]
     arms = bench.stock_and_image()
     try:
-        served = [bench.probe(sys.executable, s, arms[1], None) for s in statements[1:]]
+        served = [bench.probe(sys.executable, s, arms[1]) for s in statements[1:]]
         _say(f"timing {len(statements)} statements x {len(arms)} arms x {runs} runs, "
              f"interleaved, in fresh interpreters ({sys.executable})")
         samples = bench.measure(sys.executable, statements, arms, runs, Progress("rounds"))
