@@ -171,6 +171,10 @@ class ModuleEntry:
     __slots__ = ("name", "path", "mtime_ns", "size", "is_package", "seg_off", "seg_size",
                  "root", "reloc_index", "reloc_count", "reloc_nonptr", "data_crc")
 
-    def __init__(self, **kw):
-        for k, v in kw.items():
-            setattr(self, k, v)
+    def __init__(self, name, path, mtime_ns, size, is_package, seg_off, seg_size, root,
+                 reloc_index, reloc_count, reloc_nonptr, data_crc):
+        # plain assignments: the importer builds one of these for every module it serves
+        self.name, self.path, self.mtime_ns, self.size = name, path, mtime_ns, size
+        self.is_package, self.seg_off, self.seg_size, self.root = is_package, seg_off, seg_size, root
+        self.reloc_index, self.reloc_count = reloc_index, reloc_count
+        self.reloc_nonptr, self.data_crc = reloc_nonptr, data_crc

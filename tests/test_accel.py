@@ -330,3 +330,44 @@ def test_names_are_the_interned_strings(stdlib_image):
                 assert _is_interned(s) and sys.intern(s) is s, (name, co.co_qualname, s)
                 checked += 1
     assert checked > 10000
+
+
+def test_loaded_code_specialises_like_compiled_code(tmp_path):
+    """[LOAD-3]: quickening state and co_version as init_code() leaves them, so the adaptive
+    interpreter specialises loaded code exactly as it does freshly compiled code."""
+    script = textwrap.dedent('''
+        import dis, sys, refmarshal
+        img = refmarshal.Image(sys.argv[1], implementation="accel")
+        src = open(sys.argv[2]).read()
+        def specialised(code):
+            ns = {"__name__": "hot"}
+            exec(code, ns)
+            ns["work"](300)
+            return sorted({i.opname for i in dis.get_instructions(ns["work"], adaptive=True)
+                           if i.opname not in dis.opmap})
+        loaded = specialised(img.get_code("hot"))
+        fresh = specialised(compile(src, sys.argv[2], "exec", dont_inherit=True))
+        assert loaded == fresh, (loaded, fresh)
+        assert loaded, "nothing specialised"
+        print("ok", loaded)
+    ''')
+    src = tmp_path / "hot.py"
+    src.write_text(textwrap.dedent('''
+        class P:
+            def __init__(self, x): self.x = x
+            @property
+            def y(self): return self.x + 1
+        def work(n):
+            t = 0
+            ps = [P(i) for i in range(10)]
+            for i in range(n):
+                for p in ps:
+                    t += p.y + p.x
+                t += len(str(i))
+            return t
+    '''))
+    img = tmp_path / "hot.img"
+    refmarshal.build(img, [("hot", src)])
+    r = subprocess.run([sys.executable, "-c", script, str(img), str(src)], capture_output=True,
+                       text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith("ok"), r.stdout + r.stderr[-2000:]

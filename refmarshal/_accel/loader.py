@@ -85,12 +85,11 @@ class AccelImage:
         if lib.rm_entry(self._handle, index, info, self._err, _ERRLEN) != 0:
             raise ImageError(f"{self.path}: {self._error()}")
         return F.ModuleEntry(
-            name=ffi.unpack(info.name, info.name_len).decode("utf-8"),
-            path=os.fsdecode(ffi.unpack(info.path, info.path_len)),
-            mtime_ns=info.mtime_ns, size=info.size, is_package=bool(info.flags & F.MOD_PACKAGE),
-            seg_off=info.seg_off, seg_size=info.seg_size, root=info.root,
-            reloc_index=info.reloc_index, reloc_count=info.reloc_count,
-            reloc_nonptr=info.reloc_nonptr, data_crc=info.data_crc)
+            ffi.unpack(info.name, info.name_len).decode("utf-8"),
+            os.fsdecode(ffi.unpack(info.path, info.path_len)),
+            info.mtime_ns, info.size, bool(info.flags & F.MOD_PACKAGE), info.seg_off,
+            info.seg_size, info.root, info.reloc_index, info.reloc_count, info.reloc_nonptr,
+            info.data_crc)
 
     def _find(self, name):
         key = name.encode("utf-8")
