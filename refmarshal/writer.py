@@ -283,30 +283,37 @@ class BuildResult:
                 f"bytes={self.size}, strings={self.strings})")
 
 
-def build(path, entries, *, optimize=-1):
+def build(path, entries, *, optimize=-1, jobs=1, progress=None, implementation="reference"):
     """Write an image of ``entries`` (pairs of module name and source path) to ``path``.
 
     Modules whose source cannot be read or compiled are skipped and listed in the result.
-    The file is written to a temporary name and renamed into place.
+    The file is written to a temporary name and renamed into place.  ``jobs`` > 1 compiles
+    modules in that many processes; ``progress(done, total, name)`` is called after each module
+    is compiled.  ``implementation``: "reference" (this module, the oracle), "native" (the C
+    writer of the accelerator, several times faster) or "auto" (native when it is built).
+
+    Both writers write the same bytes for the same code objects, in one process or several.
+    What ``compile()`` returns can differ slightly between processes, though: which equal
+    constants it shares depends on the process's state (ftplib compiled after ``import ssl``
+    shares one frozenset less), so an image may differ in such sharing, never in a value.
     """
     layout = current()
     if layout is None:
         raise ImageError(f"CPython {sys.version_info[0]}.{sys.version_info[1]} is not supported")
+    encode = _encoder(implementation)
     level = sys.flags.optimize if optimize == -1 else optimize
     result = BuildResult()
     modules = {}
-    for name, source_path in entries:
-        source_path = os.fspath(source_path)
-        try:
-            st = os.stat(source_path)
-            code = compile_module(source_path, level)
-            graph = code_graph(code)
-        except (OSError, SyntaxError, ValueError, ImageError) as exc:
-            result.skipped.append((name, source_path, f"{type(exc).__name__}: {exc}"))
-            continue
-        is_pkg = os.path.basename(source_path).rpartition(".")[0] == "__init__"
-        modules[name] = (source_path, st.st_mtime_ns, st.st_size, is_pkg, graph)
-    data = encode_image(layout, modules, level)
+    live = encode is not encode_image
+    work = [(name, os.fspath(source_path), level, live) for name, source_path in entries]
+    for done, (name, source_path, prepared) in enumerate(_prepare_all(work, jobs), 1):
+        if type(prepared) is str:
+            result.skipped.append((name, source_path, prepared))
+        else:
+            modules[name] = prepared
+        if progress is not None:
+            progress(done, len(work), name)
+    data = encode(layout, modules, level)
     tmp = f"{os.fspath(path)}.tmp{os.getpid()}"
     try:
         with open(tmp, "wb") as fh:
@@ -319,6 +326,97 @@ def build(path, entries, *, optimize=-1):
     result.size = len(data)
     result.strings = struct.unpack_from("<I", data, 36)[0]
     return result
+
+
+def _encoder(implementation):
+    """encode_image, or the C writer's encode_image_native (which takes live code objects)."""
+    if implementation not in ("auto", "native", "reference"):
+        raise ValueError(f"unknown implementation {implementation!r}")
+    if implementation == "reference":
+        return encode_image
+    try:
+        from ._accel.writer import encode_image_native
+    except ImportError as exc:
+        if implementation == "native":
+            raise ImageError(f"the C writer is not available ({exc})") from None
+        return encode_image
+    return encode_image_native
+
+
+def _prepare(item):
+    """One module's part of build() that needs no other module: stat, compile, and for the
+    reference writer the graph.  Returns (name, source path, (path, mtime_ns, size, is_pkg,
+    code or graph) or the skip reason)."""
+    name, source_path, level, live = item
+    try:
+        st = os.stat(source_path)
+        code = compile_module(source_path, level)
+        node = code if live else code_graph(code)
+    except (OSError, SyntaxError, ValueError, ImageError) as exc:
+        return name, source_path, f"{type(exc).__name__}: {exc}"
+    is_pkg = os.path.basename(source_path).rpartition(".")[0] == "__init__"
+    return name, source_path, (source_path, st.st_mtime_ns, st.st_size, is_pkg, node)
+
+
+def _prepare_all(work, jobs):
+    """_prepare over ``work``, in order, in ``jobs`` processes when that is worth starting them."""
+    if jobs <= 1 or len(work) < 2 * _CHUNK:
+        yield from map(_prepare, work)
+        return
+    import multiprocessing
+    with multiprocessing.get_context("fork").Pool(jobs) as pool:
+        for name, source_path, packed in pool.imap(_prepare_packed, work, chunksize=_CHUNK):
+            yield name, source_path, packed if type(packed) is str else _unpack(packed)
+
+
+# What crosses back from a worker must give the same bytes as compiling here:
+# - a live code object goes as marshal data, which keeps each object's identity (marshal refs)
+#   and every string's interned state, and loads as a fresh, never-run code object;
+# - a graph is pickled, but pickle loses the identity of ints and floats, which the reference
+#   writer places once per object (by id), so numbers go through a side table.
+_NUMBERS = (int, float, complex)
+
+
+def _prepare_packed(item):
+    import io
+    import pickle
+
+    class NumberPickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            if type(obj) in _NUMBERS:
+                if id(obj) not in index:
+                    index[id(obj)] = len(table)
+                    table.append(obj)
+                return index[id(obj)]
+            return None
+
+    name, source_path, prepared = _prepare(item)
+    if type(prepared) is str:
+        return name, source_path, prepared
+    if item[3]:
+        return name, source_path, ("code", prepared[:4], marshal.dumps(prepared[4]))
+    table, index = [], {}
+    buf = io.BytesIO()
+    NumberPickler(buf, pickle.HIGHEST_PROTOCOL).dump(prepared)
+    return name, source_path, ("graph", pickle.dumps(table, pickle.HIGHEST_PROTOCOL),
+                               buf.getvalue())
+
+
+def _unpack(packed):
+    import io
+    import pickle
+    if packed[0] == "code":
+        return packed[1] + (marshal.loads(packed[2]),)
+    table = pickle.loads(packed[1])
+
+    class NumberUnpickler(pickle.Unpickler):
+        def persistent_load(self, pid):
+            return table[pid]
+
+    return NumberUnpickler(io.BytesIO(packed[2])).load()
+
+
+_CHUNK = 16
 
 
 def encode_image(layout, modules, optimize):

@@ -1,0 +1,558 @@
+"""The ``refmarshal`` command (also ``python -m refmarshal``).
+
+Every failure ends in one line on stderr and a non-zero exit status: 1 when the command ran and
+found a problem (or could not do its job), 2 for a usage error.  Modules are imported lazily so
+``--help`` stays quick.
+"""
+
+import argparse
+import os
+import sys
+import time
+import warnings
+
+
+class CliError(Exception):
+    """A problem to report in one line, ``prog: error: message``; exit status ``code``."""
+
+    def __init__(self, message, code=1, prog="refmarshal"):
+        super().__init__(message)
+        self.code = code
+        self.prog = prog
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        # argparse prints usage plus the error; one line with a pointer to --help is clearer
+        raise CliError(f"{message} (see {self.prog} --help)", 2, self.prog)
+
+
+# ------------------------------------------------------------------------------ helpers
+
+def _say(*parts):
+    print(*parts, flush=True)
+
+
+def _mb(n):
+    return f"{n / 1e6:.1f} MB"
+
+
+def _default_image():
+    from . import importer
+    return importer.default_image_path()
+
+
+def _image_arg(path):
+    return os.path.abspath(path) if path else _default_image()
+
+
+def site_dir():
+    """The site-packages directory of this environment, where the .pth hook goes (the one pip
+    installs into: the venv's when in a venv)."""
+    import sysconfig
+    return sysconfig.get_paths()["purelib"]
+
+
+def pth_path():
+    from . import importer
+    return os.path.join(site_dir(), importer.PTH_NAME)
+
+
+def finder_image(env=None):
+    """The image a new interpreter of this environment imports through ('' when it has no
+    refmarshal finder on sys.meta_path), and that interpreter's stderr.  Runs outside any
+    source tree."""
+    import subprocess
+    import tempfile
+    # The hook puts a placeholder on sys.meta_path that installs the finder at the first
+    # import reaching it: a module that does not exist is such an import.
+    code = ("import sys\ntry: import refmarshal_probe_no_such_module\nexcept ImportError: pass\n"
+            "f = [f for f in sys.meta_path if type(f).__module__ == 'refmarshal.importer']\n"
+            "print(f[0].path if f else '')")
+    with tempfile.TemporaryDirectory(prefix="refmarshal-") as cwd:
+        proc = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env,
+                              capture_output=True, text=True)
+    return proc.stdout.strip(), proc.stderr.strip()
+
+
+class Progress:
+    """A bar on stderr when it is a terminal; otherwise a plain line on stdout at every tenth
+    of the work (none for small jobs, which are over before anyone would read them)."""
+
+    PLAIN_MINIMUM = 100
+
+    def __init__(self, what):
+        self.what = what
+        self.tty = sys.stderr.isatty()
+        self.next_line = 0.1
+
+    def __call__(self, done, total, name=""):
+        if self.tty:
+            width = 30
+            filled = width * done // max(total, 1)
+            text = f"\r{self.what} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {name}"
+            sys.stderr.write(text[:100].ljust(100) + ("\n" if done == total else ""))
+            sys.stderr.flush()
+        elif total >= self.PLAIN_MINIMUM and done / total >= self.next_line:
+            while self.next_line <= done / total:
+                self.next_line += 0.1
+            _say(f"{self.what}: {done}/{total}")
+
+
+# ------------------------------------------------------------------------------ build
+
+def _selection(args):
+    """(module name -> source path) the build options ask for."""
+    from . import environment
+    for d in args.dir:
+        if not os.path.isdir(d):
+            raise CliError(f"--dir {d}: not a directory")
+    if args.dir or args.package:
+        modules = environment.discover(args.dir) if args.dir else {}
+        for name in args.package:
+            try:
+                for mod, path in environment.package_modules(name).items():
+                    modules.setdefault(mod, path)
+            except LookupError as exc:
+                raise CliError(f"--package {name}: {exc}") from None
+    else:
+        modules = environment.discover()
+    return {n: p for n, p in sorted(modules.items())
+            if not environment.excluded(n, args.exclude)}
+
+
+def build_image(output, modules, jobs, verbose=False):
+    """Write the image and print the summary; returns the BuildResult."""
+    from .writer import build
+    if not modules:
+        raise CliError("nothing to build: no Python modules found")
+    os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
+    _say(f"building {output} from {len(modules)} modules ({jobs} job{'s' * (jobs > 1)})")
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        # what compiling a source says (invalid escapes, "is" with a literal) is for its
+        # authors, shown when they run it; compileall -q is as quiet
+        warnings.simplefilter("ignore", SyntaxWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        result = build(output, modules.items(), jobs=jobs, progress=Progress("compiling"),
+                       implementation="auto")
+    seconds = time.perf_counter() - start
+    _say(f"{len(result.modules)} modules, {len(result.skipped)} skipped, {_mb(result.size)}, "
+         f"{result.strings} shared strings, {seconds:.1f} s")
+    if result.skipped and verbose:
+        for name, path, reason in result.skipped:
+            _say(f"  skipped {name} ({path}): {reason}")
+    elif result.skipped:
+        _say("  (-v lists the skipped modules)")
+    return result
+
+
+def cmd_build(args):
+    build_image(_image_arg(args.output), _selection(args), args.jobs, args.verbose)
+    return 0
+
+
+# ------------------------------------------------------------------------------ enable / disable
+
+def _usable(path):
+    """None when ``path`` is an image this interpreter can open, else why not."""
+    from . import format as F
+    from .errors import ImageError
+    try:
+        with open(path, "rb") as fh:
+            F.check_header(fh.read(F.HEADER_SIZE), os.fstat(fh.fileno()).st_size)
+    except FileNotFoundError:
+        return "missing"
+    except (OSError, ImageError) as exc:
+        return str(exc)
+    return None
+
+
+def _write_atomically(path, text):
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def cmd_enable(args):
+    from . import accelerator_available, importer
+    if not accelerator_available():
+        raise CliError("the accelerator is not built for this interpreter, so the hook could "
+                       "only warn at every start; reinstall refmarshal with a C compiler")
+    image = _image_arg(args.image)
+    problem = _usable(image)
+    if args.build or problem:
+        if problem and not args.build:
+            _say(f"image {image}: {problem}; building it")
+        from . import environment
+        build_image(image, environment.discover(), args.jobs)
+    pth = pth_path()
+    try:
+        os.makedirs(os.path.dirname(pth), exist_ok=True)
+        _write_atomically(pth, importer.pth_text(None if args.image is None else image))
+    except OSError as exc:
+        raise CliError(f"cannot write {pth}: {exc.strerror or exc}") from None
+    env = dict(os.environ)
+    env.pop("REFMARSHAL", None)
+    active, err = finder_image(env)
+    if not active:
+        os.unlink(pth)
+        raise CliError(f"a new interpreter does not pick up the hook, so it was removed again"
+                       f"{': ' + err.splitlines()[-1] if err else ''}")
+    _say(f"enabled: {pth}")
+    _say(f"image:   {image}")
+    if os.environ.get("REFMARSHAL") == "0":
+        _say("note: REFMARSHAL=0 is set in this shell, which turns the hook off here")
+    if args.bench:
+        return _run_bench(None, args.runs)
+    return 0
+
+
+def cmd_disable(args):
+    pth = pth_path()
+    try:
+        os.unlink(pth)
+    except FileNotFoundError:
+        _say(f"not enabled (no {pth})")
+        return 0
+    except OSError as exc:
+        raise CliError(f"cannot remove {pth}: {exc.strerror or exc}") from None
+    _say(f"disabled: removed {pth} (the image is kept: {_default_image()})")
+    return 0
+
+
+# ------------------------------------------------------------------------------ info
+
+def _open_header(path):
+    """The header fields of any image file, this interpreter's or not, plus its size."""
+    from . import format as F
+    try:
+        with open(path, "rb") as fh:
+            hdr = fh.read(F.HEADER_SIZE)
+            size = os.fstat(fh.fileno()).st_size
+    except OSError as exc:
+        raise CliError(f"{path}: {exc.strerror or exc}") from None
+    if len(hdr) < F.HEADER_SIZE or hdr[:8] != F.MAGIC:
+        raise CliError(f"{path}: not a refmarshal image")
+    fields = F.HEADER.unpack(hdr)
+    return hdr, size, fields
+
+
+def _entries(path):
+    """Every directory entry of an image this interpreter can read (reader's checks)."""
+    import mmap
+    from . import format as F
+    from .errors import ImageError
+    from .reader import read_entry
+    with open(path, "rb") as fh:
+        mem = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        header = F.check_header(mem[:F.HEADER_SIZE], len(mem))
+        entries = [read_entry(mem, header["sections"], i)[1] for i in range(header["modules"])]
+        roff, rsize = header["sections"][5]
+        relocs = memoryview(mem[roff:roff + rsize]).cast("I")
+        str_refs = sum(1 for r in relocs if r & 7 == F.R_STR)
+    except ImageError as exc:
+        raise CliError(f"{path}: {exc}") from None
+    finally:
+        mem.close()
+    return header, entries, str_refs
+
+
+def cmd_info(args):
+    from . import format as F
+    path = _image_arg(args.path)
+    hdr, size, fields = _open_header(path)
+    magic, major, minor, hsize, fsize, base, nmod, nstr, crc, flags, sect, fp = fields
+    built = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(os.stat(path).st_mtime))
+    _say(f"image        {path}")
+    _say(f"size         {size:,} bytes ({_mb(size)}); written {built} (file time)")
+    _say(f"format       {major}.{minor}")
+    _say(f"interpreter  {F.describe_fingerprint(fp)}")
+    problem = _usable(path)
+    _say(f"usable here  {'yes' if problem is None else 'no: ' + problem}")
+    _say(f"optimize     {flags & F.FLAG_OPTIMIZE_MASK}")
+    if problem is not None:
+        raise CliError(f"{path}: {problem}")
+    header, entries, str_refs = _entries(path)
+    packages = sum(e.is_package for e in entries)
+    _say(f"modules      {nmod} ({packages} packages)")
+    share = f"{str_refs / nstr:.1f}" if nstr else "-"
+    _say(f"strings      {nstr:,} distinct, stored once; {str_refs:,} references "
+         f"({share} per string)")
+    _say("sections")
+    for name, (off, length) in zip(F.SECTION_NAMES, header["sections"]):
+        _say(f"  {name:<14}{length:>14,} bytes  at {off:#x}")
+    if args.verbose:
+        _say("modules (segment bytes, source)")
+        for e in entries:
+            _say(f"  {e.name:<50}{e.seg_size:>10,}  {e.path}")
+    return 0
+
+
+# ------------------------------------------------------------------------------ verify
+
+def cmd_verify(args):
+    import marshal
+    from . import Image, accelerator_available
+    from .errors import ImageError
+    from .writer import compile_module
+    path = _image_arg(args.path)
+    if not accelerator_available():
+        raise CliError("the accelerator is not built for this interpreter; nothing to verify "
+                       "it with")
+    try:
+        img = Image(path, implementation="accel")
+        names = img.names()
+        optimize = img.header["optimize"]
+    except (OSError, ImageError) as exc:
+        raise CliError(f"{exc}" if path in str(exc) else f"{path}: {exc}") from None
+    progress = Progress("verifying")
+    failed, unchecked = [], []
+    for done, name in enumerate(names, 1):
+        progress(done, len(names), name)
+        try:
+            entry = img.entry(name)
+            if _source_state(entry) != "current":
+                unchecked.append((name, _source_state(entry)))
+                continue
+            code = img.get_code(name)
+        except ImageError as exc:
+            failed.append((name, str(exc)))
+            continue
+        try:
+            expected = compile_module(entry.path, optimize)
+        except (OSError, SyntaxError, ValueError) as exc:
+            failed.append((name, f"source no longer compiles: {exc}"))
+            continue
+        if marshal.dumps(code, 2) != marshal.dumps(expected, 2):
+            failed.append((name, "code differs from compiling its source"))
+    for name, why in failed:
+        _say(f"FAIL {name}: {why}")
+    if unchecked:
+        _say(f"{len(unchecked)} not checked: the source changed since the build "
+             f"(refmarshal status lists them)")
+    checked = len(names) - len(unchecked)
+    _say(f"{checked - len(failed)} of {checked} modules match their source "
+         f"({len(failed)} failed)")
+    if failed:
+        raise CliError(f"{path}: {len(failed)} module(s) failed verification")
+    return 0
+
+
+# ------------------------------------------------------------------------------ status
+
+def _source_state(entry):
+    """'current', 'stale' (mtime or size differ) or 'missing' for an image's module."""
+    try:
+        st = os.stat(entry.path)
+    except OSError:
+        return "missing"
+    return "current" if (st.st_mtime_ns, st.st_size) == (entry.mtime_ns, entry.size) else "stale"
+
+
+def cmd_status(args):
+    from . import importer
+    pth = pth_path()
+    enabled = os.path.exists(pth)
+    _say(f"enabled   {'yes: ' + pth if enabled else 'no (no ' + pth + ')'}")
+    image = os.environ.get("REFMARSHAL_IMAGE") or importer.default_image_path()
+    source = " (from REFMARSHAL_IMAGE)" if os.environ.get("REFMARSHAL_IMAGE") else ""
+    if enabled:
+        active, err = finder_image()
+        why = ""
+        if not active:
+            why = (": REFMARSHAL=0 is set" if os.environ.get("REFMARSHAL") == "0"
+                   else ": " + err.splitlines()[-1] if err else "")
+        _say(f"active    {'yes' if active else 'no' + why} (in a new interpreter)")
+        if active:
+            image, source = active, source or " (the one a new interpreter uses)"
+    _say(f"image     {image}{source}")
+    problem = _usable(image)
+    if problem:
+        _say(f"current   no: image {problem}")
+        return 1
+    header, entries, _ = _entries(image)
+    states = [(e, _source_state(e)) for e in entries]
+    bad = [(e, s) for e, s in states if s != "current"]
+    stale = sum(s == "stale" for _, s in bad)
+    _say(f"modules   {len(entries)}")
+    if not bad:
+        _say("current   yes: every module matches its source")
+    else:
+        _say(f"current   no: {stale} stale, {len(bad) - stale} missing source "
+             f"(stock import is used for these; refmarshal build refreshes the image)")
+        shown = bad if args.verbose else bad[:20]
+        for e, s in shown:
+            _say(f"  {s:<8}{e.name}  {e.path}")
+        if len(shown) < len(bad):
+            _say(f"  ... and {len(bad) - len(shown)} more (-v lists all)")
+    if image == importer.default_image_path():
+        from . import environment
+        held = {e.name for e in entries}
+        new = [n for n in environment.discover() if n not in held]
+        if new:
+            _say(f"new       {len(new)} module(s) of this environment are not in the image"
+                 f": {', '.join(new[:5])}{' ...' if len(new) > 5 else ''}")
+    return 1 if bad else 0
+
+
+# ------------------------------------------------------------------------------ bench
+
+def _run_bench(modules, runs):
+    from . import bench
+    if not os.path.exists(pth_path()):
+        raise CliError(f"refmarshal is not enabled here (no {pth_path()}); "
+                       f"run refmarshal enable first")
+    modules = modules or bench.default_modules()
+    statements = [bench.statement(None)] + [bench.statement(m) for m in modules]
+    arms = bench.stock_and_image()
+    try:
+        served = [bench.probe(sys.executable, s, arms[1]) for s in statements[1:]]
+        _say(f"timing {len(statements)} statements x {len(arms)} arms x {runs} runs, "
+             f"interleaved, in fresh interpreters ({sys.executable})")
+        samples = bench.measure(sys.executable, statements, arms, runs, Progress("rounds"))
+    except bench.BenchError as exc:
+        raise CliError(str(exc)) from None
+    lines = bench.table(statements, arms, samples)
+    _say(lines[0].replace("ratio", "speed-up"))
+    for line in lines[1:]:
+        _say(line)
+    for s, (hits, total) in zip(statements[1:], served):
+        note = "no finder: is the hook active?" if hits < 0 else f"{hits} of {total} modules " \
+               f"in sys.modules came from the image"
+        _say(f"  {s}: {note}")
+    _say("median wall time of a whole `python -c` process; stock = REFMARSHAL=0")
+    return 0
+
+
+def cmd_bench(args):
+    return _run_bench(args.modules, args.runs)
+
+
+# ------------------------------------------------------------------------------ profile
+
+def run_profile(argv):
+    """``refmarshal profile ...`` belongs to refmarshal.profiler; its arguments pass through."""
+    try:
+        from .profiler.cli import main as profile_main
+    except ImportError as exc:
+        print(f"refmarshal profile: error: the profiler is not available ({exc})",
+              file=sys.stderr)
+        return 2
+    return profile_main(argv)
+
+
+# ------------------------------------------------------------------------------ parser
+
+def make_parser():
+    p = _Parser(prog="refmarshal", description="Fast imports from one image of an "
+                "environment's code objects.  Run a command with --help for its options.")
+    sub = p.add_subparsers(dest="command", metavar="command", parser_class=_Parser)
+
+    def command(name, func, help):
+        c = sub.add_parser(name, help=help, description=help)
+        c.set_defaults(func=func)
+        return c
+
+    c = command("build", cmd_build, "write an image of the environment's modules (default: "
+                "every pure-Python module importable from sys.path)")
+    c.add_argument("-o", "--output", metavar="PATH",
+                   help="where to write it (default: the environment's image path)")
+    c.add_argument("--dir", action="append", default=[], metavar="DIR",
+                   help="only modules under DIR, named relative to it, as if it were on "
+                   "sys.path (repeatable; earlier ones shadow later ones)")
+    c.add_argument("--package", action="append", default=[], metavar="NAME",
+                   help="only this module or package and its submodules, as found on sys.path "
+                   "(repeatable; adds to --dir)")
+    c.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                   help="leave out modules whose name, or a parent package's name, matches "
+                   "GLOB, e.g. 'test' or '*.tests' (repeatable)")
+    c.add_argument("-j", "--jobs", type=int, default=1, metavar="N",
+                   help="compile in N processes (default 1: with the C writer one process is "
+                   "about as fast as compileall)")
+    c.add_argument("-v", "--verbose", action="store_true", help="list the skipped modules")
+
+    c = command("enable", cmd_enable, "install the .pth hook that imports through the image "
+                "in every new interpreter of this environment; builds the image first if it "
+                "is missing or unusable")
+    c.add_argument("--image", metavar="PATH", help="use this image instead of the "
+                   "environment's default one (built there if missing)")
+    c.add_argument("--build", action="store_true", help="rebuild the image even if it exists")
+    c.add_argument("--bench", action="store_true",
+                   help="then time a few imports before and after (as refmarshal bench)")
+    c.add_argument("--runs", type=int, default=10, metavar="N",
+                   help="runs per measurement for --bench (default %(default)s)")
+    c.add_argument("-j", "--jobs", type=int, default=1, metavar="N",
+                   help="build with N processes (default %(default)s)")
+
+    command("disable", cmd_disable, "remove the .pth hook (the image is kept)")
+
+    c = command("info", cmd_info, "what an image holds: modules, section sizes, string "
+                "sharing, the interpreter it is for")
+    c.add_argument("path", nargs="?", help="the image (default: the environment's)")
+    c.add_argument("-v", "--verbose", action="store_true", help="list every module")
+
+    c = command("verify", cmd_verify, "load every module through the accelerator and compare "
+                "it with compiling its source; exit status 1 on any difference")
+    c.add_argument("path", nargs="?", help="the image (default: the environment's)")
+
+    c = command("status", cmd_status, "is the hook enabled, is the image current, which "
+                "modules are stale; exit status 1 when the image is missing or not current")
+    c.add_argument("-v", "--verbose", action="store_true", help="list every stale module")
+
+    c = command("bench", cmd_bench, "time `python -c \"import MODULE\"` in fresh interpreters, "
+                "stock (REFMARSHAL=0) against the image, interleaved; needs the hook enabled")
+    c.add_argument("modules", nargs="*", metavar="MODULE",
+                   help="modules to import (default: a few installed heavy packages, else "
+                   "standard-library ones)")
+    c.add_argument("--runs", type=int, default=10, metavar="N",
+                   help="runs per arm and module (default %(default)s)")
+
+    sub.add_parser("profile", add_help=False, help="profile imports (refmarshal.profiler; "
+                   "see refmarshal profile --help)")
+    return p
+
+
+def _check_counts(args):
+    for opt in ("jobs", "runs"):
+        if getattr(args, opt, 1) < 1:
+            raise CliError(f"--{opt} must be at least 1", 2, f"refmarshal {args.command}")
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "profile":
+        return run_profile(argv[1:])
+    try:
+        args = make_parser().parse_args(argv)
+        if args.command is None:
+            raise CliError("no command given (see refmarshal --help)", 2)
+        _check_counts(args)
+        return args.func(args)
+    except CliError as exc:
+        print(f"{exc.prog}: error: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        print("refmarshal: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # the reader went away (`refmarshal info | head`): nothing more to say to anyone;
+        # stdout is pointed at /dev/null so the interpreter's final flush cannot fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except Exception as exc:  # noqa: BLE001 - the promise is one line, never a traceback
+        from .errors import ImageError
+        kind = "error" if isinstance(exc, (ImageError, OSError)) else \
+            f"internal error ({type(exc).__name__})"
+        print(f"refmarshal: {kind}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

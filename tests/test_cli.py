@@ -1,0 +1,373 @@
+"""The ``refmarshal`` command, run as a user runs it: ``python -m refmarshal`` in fresh child
+processes, cwd a temp dir, on a small tree of modules (never the whole environment: too slow
+for a unit test).  Module discovery (environment.py) imports nothing, so it is tested in
+process."""
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from importlib.machinery import EXTENSION_SUFFIXES
+
+import pytest
+
+import refmarshal
+from refmarshal import environment
+from refmarshal import format as F
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(refmarshal.__file__)))
+COMMANDS = ["build", "enable", "disable", "info", "verify", "status", "bench"]
+needs_accel = pytest.mark.skipif(not refmarshal.accelerator_available(),
+                                 reason="accelerator not built (verify and enable need it)")
+
+TREE = {
+    "mod.py": "X = 10 ** 30\ndef f():\n    return 10 ** 30, 2.5\ndef g():\n    return 2.5\n",
+    "pkg/__init__.py": "from . import sub\n",
+    "pkg/sub.py": "from .inner import deep\nS = 'sub'\n",
+    "pkg/inner/__init__.py": "",
+    "pkg/inner/deep.py": "D = (1.5j, b'bytes', frozenset({'a', 'b'}))\n",
+    "ns/portion.py": "P = 1\n",
+    "broken.py": "def f(:\n",
+    "pkg/not.a.name.py": "X = 1\n",
+    "pkg/__pycache__/stray.py": "X = 1\n",
+}
+BUILT = ["broken", "mod", "ns.portion", "pkg", "pkg.inner", "pkg.inner.deep", "pkg.sub"]
+
+
+def write_tree(root, files):
+    for rel, text in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text, encoding="utf-8")
+    return root
+
+
+def child_env(pythonpath=(), **extra):
+    """This process's environment without refmarshal switches; the package under test (and
+    cffi's backend, which the accelerator needs) importable from any interpreter of this
+    version, even a fresh venv's."""
+    import _cffi_backend
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REFMARSHAL")}
+    roots = [str(p) for p in pythonpath] + [ROOT, os.path.dirname(_cffi_backend.__file__)]
+    env["PYTHONPATH"] = os.pathsep.join(roots)
+    env.update(extra)
+    return env
+
+
+def rm(args, cwd, *, python=sys.executable, pythonpath=(), **extra):
+    """``python -m refmarshal ARGS`` in a fresh child."""
+    return subprocess.run([python, "-m", "refmarshal", *map(str, args)], cwd=cwd,
+                          env=child_env(pythonpath, **extra), capture_output=True, text=True,
+                          timeout=300)
+
+
+def one_line_error(r, code=1):
+    """The command failed with ``code`` and said so in exactly one line, no traceback."""
+    assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert re.match(r"refmarshal( \w+)?: error: ", lines[0]), lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def tree(tmp_path):
+    src = write_tree(tmp_path / "src", TREE)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    return src, cwd
+
+
+@pytest.fixture
+def built(tree):
+    src, cwd = tree
+    img = cwd / "out" / "tree.img"
+    r = rm(["build", "--dir", src, "-o", img, "-v"], cwd)
+    assert r.returncode == 0, r.stderr
+    return src, cwd, img, r
+
+
+# ---------------------------------------------------------------------------------------
+# Discovery follows the path finder's rules.
+
+def test_discovery_rules(tmp_path):
+    first = write_tree(tmp_path / "first", {
+        "a.py": "", "shadow.py": "", "pkg/__init__.py": "", "pkg/m.py": "",
+        "ns/one.py": "", "both.py": "", "sys.py": "", "odd-name.py": "", "a.b.py": "",
+        "not-a-package/m.py": "", "site-packages/m.py": "",
+        "ext" + EXTENSION_SUFFIXES[0]: "", "ext.py": "",
+        "nsplain/x.py": "", "nsplain.py": "",
+    })
+    second = write_tree(tmp_path / "second", {
+        "shadow.py": "", "shadow/__init__.py": "", "ns/two.py": "", "ns/one.py": "",
+        "both/__init__.py": "", "later.py": "", "pkg/hidden.py": "",
+    })
+    found = environment.discover([first, second])
+    assert found == {
+        "a": str(first / "a.py"),
+        "both": str(first / "both.py"),          # a module earlier on the path beats a package
+        "later": str(second / "later.py"),
+        "odd-name": str(first / "odd-name.py"),  # import_module reaches it; a.b.py: never
+        "ns.one": str(first / "ns" / "one.py"),  # namespace portions merge, in path order
+        "ns.two": str(second / "ns" / "two.py"),
+        "nsplain": str(first / "nsplain.py"),    # a module beats a namespace portion
+        "pkg": str(first / "pkg" / "__init__.py"),
+        "pkg.m": str(first / "pkg" / "m.py"),    # a regular package's __path__ is its own dir
+        "shadow": str(first / "shadow.py"),
+    }                                            # sys is builtin; ext is an extension module
+
+
+def test_package_modules_and_exclusion(tree):
+    src, _ = tree
+    assert list(environment.package_modules("pkg", [src])) == [
+        "pkg", "pkg.inner", "pkg.inner.deep", "pkg.sub"]
+    assert list(environment.package_modules("pkg.inner", [src])) == [
+        "pkg.inner", "pkg.inner.deep"]
+    assert list(environment.package_modules("ns", [src])) == ["ns.portion"]
+    for bad in ("nope", "mod.sub", "pkg.nope", "1x"):
+        with pytest.raises(LookupError):
+            environment.package_modules(bad, [src])
+    assert environment.excluded("pkg.inner.deep", ["pkg.inner"])
+    assert environment.excluded("a.tests.b", ["*.tests"])
+    assert not environment.excluded("pkg.inner", ["pkg.inner.*"])
+    assert not environment.excluded("pkg", ["pkg.inner"])
+
+
+# ---------------------------------------------------------------------------------------
+# build, info, verify, status
+
+def test_build_info_verify(built):
+    src, cwd, img, r = built
+    assert img.exists() and not [p for p in img.parent.iterdir() if p != img]  # no temp left
+    summary = r.stdout.strip().splitlines()
+    m = re.search(r"^(\d+) modules, (\d+) skipped, [\d.]+ MB, (\d+) shared strings, "
+                  r"[\d.]+ s$", r.stdout, re.M)
+    assert m and (int(m[1]), int(m[2])) == (len(BUILT) - 1, 1), r.stdout
+    assert any(line.startswith("  skipped broken (") and "SyntaxError" in line
+               for line in summary)
+    assert sorted(refmarshal.Image(img, implementation="reference").names()) == \
+        [n for n in BUILT if n != "broken"]
+
+    r = rm(["info", img], cwd)
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"^modules +6 \(2 packages\)$", r.stdout, re.M), r.stdout
+    assert re.search(r"^usable here +yes$", r.stdout, re.M)
+    assert re.search(rf"^strings +{int(m[3]):,} distinct", r.stdout, re.M)
+    for name in F.SECTION_NAMES:
+        assert re.search(rf"^  {name} +[\d,]+ bytes", r.stdout, re.M)
+    r = rm(["info", "-v", img], cwd)
+    assert str(src / "pkg" / "inner" / "deep.py") in r.stdout
+
+    if refmarshal.accelerator_available():
+        r = rm(["verify", img], cwd)
+        assert r.returncode == 0, r.stderr
+        assert "6 of 6 modules match their source (0 failed)" in r.stdout
+
+
+def test_build_options(tree):
+    src, cwd = tree
+    img = cwd / "x.img"
+    r = rm(["build", "--dir", src, "--exclude", "pkg.inner", "--exclude", "broken", "-o", img],
+           cwd)
+    assert r.returncode == 0, r.stderr
+    names = refmarshal.Image(img, implementation="reference").names()
+    assert sorted(names) == ["mod", "ns.portion", "pkg", "pkg.sub"]
+    # --package finds through sys.path (here: PYTHONPATH) without importing the package
+    (src / "pkg" / "__init__.py").write_text("raise SystemExit('imported!')\n")
+    r = rm(["build", "--package", "pkg.inner", "--package", "mod", "-o", img], cwd,
+           pythonpath=[src])
+    assert r.returncode == 0, r.stderr
+    names = refmarshal.Image(img, implementation="reference").names()
+    assert sorted(names) == ["mod", "pkg.inner", "pkg.inner.deep"]
+
+
+def test_parallel_build_writes_the_same_bytes(tmp_path):
+    # Enough modules for the worker pool; shared constants (a big int, a float, used by two
+    # functions) are the objects pickling would duplicate if it lost their identity.
+    files = {f"m{i:02}.py": textwrap.dedent(f'''\
+                 BIG = {i} * 10 ** 40
+                 def f():
+                     return {i} * 10 ** 40, 1.25, 3.5j, ({i}, "{i}")
+                 def g():
+                     return 1.25, 3.5j, ({i}, "{i}"), "shared string"
+                 ''') for i in range(40)}
+    src = write_tree(tmp_path / "src", files)
+    outs = []
+    for jobs in (1, 2):
+        img = tmp_path / f"j{jobs}.img"
+        r = rm(["build", "--dir", src, "--jobs", jobs, "-o", img], tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert "40 modules, 0 skipped" in r.stdout
+        outs.append(img.read_bytes())
+    assert outs[0] == outs[1]
+
+
+@needs_accel
+def test_stale_sources_and_status(built):
+    src, cwd, img, _ = built
+    r = rm(["status"], cwd, REFMARSHAL_IMAGE=str(img))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "current   yes" in r.stdout and f"image     {img} (from REFMARSHAL_IMAGE)" in r.stdout
+    with open(src / "pkg" / "sub.py", "a") as fh:
+        fh.write("T = 'tampered'\n")
+    (src / "ns" / "portion.py").unlink()
+    r = rm(["status"], cwd, REFMARSHAL_IMAGE=str(img))
+    assert r.returncode == 1
+    assert "current   no: 1 stale, 1 missing source" in r.stdout
+    assert f"  stale   pkg.sub  {src / 'pkg' / 'sub.py'}" in r.stdout
+    assert f"  missing ns.portion  {src / 'ns' / 'portion.py'}" in r.stdout
+    # verify cannot check what changed, and says so; the rest still matches
+    r = rm(["verify", img], cwd)
+    assert r.returncode == 0, r.stderr
+    assert "2 not checked" in r.stdout and "4 of 4 modules match" in r.stdout
+
+
+@needs_accel
+def test_corrupt_images_fail_with_one_line(built):
+    src, cwd, img, _ = built
+    data = bytearray(img.read_bytes())
+    entry = refmarshal.Image(img, implementation="reference").entry("pkg.inner.deep")
+    bad = cwd / "bad.img"
+    data[entry.seg_off + entry.seg_size // 2] ^= 0xFF  # inside that module's segment
+    bad.write_bytes(bytes(data))
+    r = rm(["verify", bad], cwd)
+    line = one_line_error(r)
+    assert "1 module(s) failed verification" in line
+    assert re.search(r"^FAIL pkg.inner.deep: .*checksum", r.stdout, re.M), r.stdout
+    bad.write_bytes(img.read_bytes()[:-100])           # truncated: cannot even be opened
+    for cmd in ("verify", "info"):
+        assert "truncated" in one_line_error(rm([cmd, bad], cwd))
+    r = rm(["status"], cwd, REFMARSHAL_IMAGE=str(bad))
+    assert r.returncode == 1 and "current   no: image" in r.stdout and "truncated" in r.stdout
+
+
+def test_errors_are_one_line(tmp_path):
+    (tmp_path / "junk.img").write_bytes(b"not an image at all" * 20)
+    assert "not a refmarshal image" in one_line_error(rm(["info", "junk.img"], tmp_path))
+    assert "No such file" in one_line_error(rm(["info", "nope.img"], tmp_path))
+    assert "not a directory" in one_line_error(rm(["build", "--dir", "nope", "-o", "x.img"],
+                                                   tmp_path))
+    assert "no module named 'nope_nope'" in one_line_error(
+        rm(["build", "--package", "nope_nope", "-o", "x.img"], tmp_path))
+    one_line_error(rm(["build", "--jobs", "0"], tmp_path), 2)
+    one_line_error(rm(["build", "--no-such-option"], tmp_path), 2)
+    one_line_error(rm(["no-such-command"], tmp_path), 2)
+    one_line_error(rm([], tmp_path), 2)
+    assert not (tmp_path / "x.img").exists()
+
+
+def test_help_on_every_command(tmp_path):
+    for cmd in [[]] + [[c] for c in COMMANDS]:
+        r = rm(cmd + ["--help"], tmp_path)
+        assert r.returncode == 0 and r.stderr == ""
+        assert r.stdout.startswith(f"usage: {' '.join(['refmarshal'] + cmd)} ")
+
+
+def test_console_script_is_python_m(tmp_path):
+    script = os.path.join(os.path.dirname(sys.executable), "refmarshal")
+    if not os.path.exists(script):
+        pytest.skip("refmarshal is not installed here (no console script to compare)")
+    r = subprocess.run([script, "--help"], cwd=tmp_path, env=child_env(), capture_output=True,
+                       text=True)
+    assert r.stdout == rm(["--help"], tmp_path).stdout
+
+
+def test_profile_forwards_its_arguments(tmp_path):
+    fake = textwrap.dedent('''\
+        import sys, types
+        from refmarshal import cli
+        if sys.argv[1] == "present":
+            mod = types.ModuleType("refmarshal.profiler.cli")
+            mod.main = lambda argv: print("profiler got", argv) or 7
+            sys.modules["refmarshal.profiler"] = types.ModuleType("refmarshal.profiler")
+            sys.modules["refmarshal.profiler.cli"] = mod
+        else:
+            sys.modules["refmarshal.profiler"] = None      # import fails
+        sys.exit(cli.main(["profile", "--help", "-x", "a b"]))
+        ''')
+    r = subprocess.run([sys.executable, "-c", fake, "present"], cwd=tmp_path, env=child_env(),
+                       capture_output=True, text=True)
+    assert (r.returncode, r.stdout) == (7, "profiler got ['--help', '-x', 'a b']\n")
+    r = subprocess.run([sys.executable, "-c", fake, "absent"], cwd=tmp_path, env=child_env(),
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.startswith("refmarshal profile: error: the profiler is not available")
+    assert len(r.stderr.splitlines()) == 1
+
+
+# ---------------------------------------------------------------------------------------
+# enable / disable in a throwaway virtual environment
+
+@pytest.fixture
+def venv(tmp_path):
+    d = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages",
+                    str(d)], check=True, cwd=tmp_path, env=child_env(), timeout=300)
+    python = str(d / "bin" / "python")
+    out = subprocess.run(
+        [python, "-c", "import sysconfig; from refmarshal import importer; "
+                       "print(sysconfig.get_paths()['purelib']); "
+                       "print(importer.default_image_path())"],
+        cwd=tmp_path, env=child_env(), capture_output=True, text=True, check=True).stdout
+    site, default = out.splitlines()
+    assert site.startswith(str(d)) and default.startswith(str(d))
+    return python, site, default
+
+
+FINDERS = ("import sys, mod\n"
+           "f = [x for x in sys.meta_path if type(x).__module__ == 'refmarshal.importer']\n"
+           "print(len(f), f and f[0].path, f and f[0].image.owns(mod.f.__code__))\n")
+
+
+@needs_accel
+def test_enable_and_disable_in_a_venv(venv, tree):
+    python, site, default = venv
+    src, cwd = tree
+    pth = os.path.join(site, "refmarshal.pth")
+
+    def finders(**env):
+        r = subprocess.run([python, "-c", FINDERS], cwd=cwd, capture_output=True, text=True,
+                           env=child_env([src], **env))
+        assert r.returncode == 0 and r.stderr == "", r.stderr
+        return r.stdout.split()
+
+    r = rm(["bench", "mod"], cwd, python=python)
+    assert "not enabled" in one_line_error(r)
+    r = rm(["build", "--dir", src], cwd, python=python)       # to the venv's default path
+    assert r.returncode == 0 and os.path.exists(default), r.stderr
+    assert finders() == ["0", "[]", "[]"]
+
+    r = rm(["enable"], cwd, python=python)
+    assert r.returncode == 0, r.stderr
+    assert f"enabled: {pth}" in r.stdout and "building" not in r.stdout
+    assert os.path.exists(pth)
+    assert finders() == ["1", default, "True"]
+    assert finders(REFMARSHAL="0") == ["0", "[]", "[]"]
+    r = rm(["status"], cwd, python=python)
+    assert r.returncode == 0, r.stdout
+    assert f"enabled   yes: {pth}" in r.stdout and "active    yes" in r.stdout
+    assert f"image     {default} (the one a new interpreter uses)" in r.stdout
+    assert "current   yes" in r.stdout
+
+    r = rm(["bench", "mod", "--runs", "1"], cwd, python=python, pythonpath=[src])
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"^import mod +[\d.]+ ms +[\d.]+ ms +[\d.]+x$", r.stdout, re.M), r.stdout
+    assert "import mod: 1 of" in r.stdout and "came from the image" in r.stdout
+
+    other = cwd / "other.img"
+    os.replace(default, other)
+    r = rm(["enable", "--image", other], cwd, python=python)
+    assert r.returncode == 0, r.stderr
+    assert finders() == ["1", str(other), "True"]
+    r = rm(["status"], cwd, python=python)
+    assert r.returncode == 0 and f"image     {other} (the one" in r.stdout, r.stdout
+
+    r = rm(["disable"], cwd, python=python)
+    assert r.returncode == 0 and f"disabled: removed {pth}" in r.stdout
+    assert not os.path.exists(pth)
+    assert finders() == ["0", "[]", "[]"]
+    r = rm(["disable"], cwd, python=python)
+    assert r.returncode == 0 and "not enabled" in r.stdout
+    r = rm(["status"], cwd, python=python)
+    assert "enabled   no" in r.stdout and r.returncode == 1     # and the default image is gone
