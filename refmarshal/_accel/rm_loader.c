@@ -494,6 +494,10 @@ static PyObject *resolve_string(rm_image *img, uint64_t index, char *err, int er
     PyObject *s = (PyObject *)obj;
     img->pinned = 1;
     Py_SET_TYPE(s, &PyUnicode_Type);
+    /* An interned one-character str ([OBJ-5]) is interned as marshal does it: the latin-1
+       singleton is interned (or the interpreter's interned copy used), not the image's object */
+    if ((flags & 1) && PyUnicode_GET_LENGTH(s) == 1 && PyUnicode_READ_CHAR(s, 0) < 256)
+        s = singletons[C_LATIN1 + PyUnicode_READ_CHAR(s, 0)];
     if (flags & 1) PyUnicode_InternInPlace(&s);   /* may return the interpreter's own string */
     img->strings[index] = s;
     return s;
