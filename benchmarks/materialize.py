@@ -3,8 +3,8 @@ several ways, each in a fresh process, best of N runs, side by side:
 
   marshal              marshal.loads of each module's .pyc data (read into memory first), kept alive
   image                refmarshal's accelerator as shipped: open the image, get_code every module
-                       (bytes read on demand into anonymous memory with transparent huge pages)
-  image-small-pages    the same without huge pages (4 KiB page faults)
+                       (bytes read on demand into anonymous memory, 4 KiB pages)
+  image-huge-pages     the same with memory advised to use transparent huge pages
   image-file-mapping   the same with the file mapped privately (copy-on-write faults)
   memcpy               the floor: copy the image's bytes (already read) into fresh memory
   memcpy-huge-pages    the same into memory advised to use huge pages
@@ -42,8 +42,8 @@ t, c = time.perf_counter(), time.process_time()
 keep = [marshal.loads(b) for b in blobs]
 print(time.perf_counter() - t, time.process_time() - c)
 """,
-    "image": _IMAGE % "huge-pages",
-    "image-small-pages": _IMAGE % "small-pages",
+    "image": _IMAGE % "small-pages",
+    "image-huge-pages": _IMAGE % "huge-pages",
     "image-file-mapping": _IMAGE % "file-mapping",
     "memcpy": """
 import sys, time

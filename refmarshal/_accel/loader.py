@@ -26,7 +26,10 @@ if lib.rm_bind_inbox(__name__.encode(), b"_inbox") != 0:
     raise ImportError("refmarshal accelerator: cannot bind its result list")
 
 _ERRLEN = 256
-# How the image's bytes are brought into memory (rm_loader.h); benchmarks compare them.
+# How the image's bytes are brought into memory (rm_loader.h); benchmarks compare them.  Small
+# pages are the default: huge pages are faster when everything is loaded on an idle machine,
+# but a huge-page fault may compact memory first, which stalled imports by hundreds of
+# milliseconds on a busy one (BENCHMARKS.md).
 MODES = {"huge-pages": lib.RM_MODE_HUGE_PAGES, "small-pages": lib.RM_MODE_SMALL_PAGES,
          "file-mapping": lib.RM_MODE_FILE_MAPPING}
 
@@ -36,7 +39,7 @@ class AccelImage:
 
     implementation = "accel"
 
-    def __init__(self, path, mode="huge-pages"):
+    def __init__(self, path, mode="small-pages"):
         self.path = os.fspath(path)
         self._err = ffi.new("char[]", _ERRLEN)
         handle = lib.rm_open(os.fsencode(self.path), MODES[mode], self._err, _ERRLEN)
