@@ -232,6 +232,9 @@ def test_errors_are_image_errors(tmp_path):
     (tmp_path / "short.img").write_bytes(b"\x89RMI\r\n\x1a\n")
     with pytest.raises(ImageError, match="truncated"):
         refmarshal.Image(tmp_path / "short.img", implementation="accel")
+    (tmp_path / "other.img").write_bytes(bytes(range(256)) * 20)   # not an image at all
+    with pytest.raises(ImageError, match="not a refmarshal image"):
+        refmarshal.Image(tmp_path / "other.img", implementation="accel")
 
 
 # -- how bytes are brought in (rm_loader.c "Memory", "CRC-32") --

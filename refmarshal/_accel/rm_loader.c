@@ -297,6 +297,8 @@ rm_image *rm_open(const char *path, int mode, char *err, int errlen) {
     if (fstat(fd, &st) < 0) FAIL("cannot stat: %s", strerror(errno));
     if (st.st_size < HEADER_SIZE || pread(fd, hdr, HEADER_SIZE, 0) != HEADER_SIZE)
         FAIL("truncated: shorter than the header");
+    if (memcmp(hdr, "\x89RMI\r\n\x1a\n", 8) != 0)   /* [HDR-1], before trusting any field */
+        FAIL("not a refmarshal image (bad magic)");
     if (rd64(hdr + 16) != (uint64_t)st.st_size)
         FAIL("truncated or extended: header says %llu bytes, file has %lld",
              (unsigned long long)rd64(hdr + 16), (long long)st.st_size);
