@@ -433,7 +433,7 @@ def _spoil(img, kind):
     if kind != "missing":
         img.write_bytes({"garbage": b"\x00garbage" * 512, "empty": b"",
                          "truncated": data[:-4096], "bad magic": b"X" + data[1:]}[kind])
-    return {"missing": "no image here", "garbage": "truncated or extended", "empty": "truncated",
+    return {"missing": "no image here", "garbage": "not a refmarshal image", "empty": "truncated",
             "truncated": "truncated", "bad magic": "bad magic"}[kind]
 
 
