@@ -49,7 +49,8 @@ class AccelImage:
         self._base = int(ffi.cast("uintptr_t", lib.rm_base(handle)))
         self._size = lib.rm_size(handle)
         try:
-            header = bytes(ffi.buffer(lib.rm_header(handle), F.HEADER_SIZE))
+            # rm_open has read the header: the region starts with the file's first bytes
+            header = bytes(ffi.buffer(lib.rm_base(handle), F.HEADER_SIZE))
             self.header = F.check_header(header, self._size)
         except ImageError as exc:
             self._handle = None          # closed here, not again by __del__

@@ -30,6 +30,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "rm_common.h"
 #include "rm_loader.h"
 
 /* ---- Version differences: the one place for them (C side) ------------------------------- */
@@ -49,17 +50,6 @@
 #ifdef Py_DEBUG
 #  error "debug builds make interned strings mortal at exit: not supported (spec [LOAD-4])"
 #endif
-
-/* ---- Format constants (spec sections 2-5; refmarshal/format.py has the same) ------------ */
-#define HEADER_SIZE 256
-#define MODULE_SIZE 80
-#define STRING_SIZE 16
-enum { R_TYPE, R_CONST, R_STR, R_FROZENSET, R_PTR };
-enum { T_STR = 1, T_BYTES, T_TUPLE, T_INT, T_FLOAT, T_COMPLEX, T_CODE };
-#define C_SMALL_INT 0x100
-#define C_LATIN1 0x300
-#define C_BYTE 0x400
-#define C_END 0x500
 
 #define CHUNK (64 * 1024)        /* unit of lazy reading: a few modules' worth */
 #define HUGE_PAGE (2 * 1024 * 1024)
@@ -224,17 +214,19 @@ int rm_crc32_uses_clmul(void) { if (crc_clmul < 0) crc_init(); return crc_clmul;
 static uint32_t rd32(const unsigned char *p) { uint32_t v; memcpy(&v, p, 4); return v; }
 static uint64_t rd64(const unsigned char *p) { uint64_t v; memcpy(&v, p, 8); return v; }
 
-#define FAIL(...) do { snprintf(err, errlen, __VA_ARGS__); goto fail; } while (0)
-
-int rm_bind_inbox(const char *module, const char *attr) {
+int rm_bind_list(const char *module, const char *attr, PyObject **slot) {
     PyGILState_STATE g = PyGILState_Ensure();
     PyObject *m = PyImport_ImportModule(module);
     PyObject *l = m ? PyObject_GetAttrString(m, attr) : NULL;
     Py_XDECREF(m);
     int ok = l && PyList_Check(l);
-    if (ok) { Py_XSETREF(inbox, l); } else { Py_XDECREF(l); PyErr_Clear(); }
+    if (ok) { Py_XSETREF(*slot, l); } else { Py_XDECREF(l); PyErr_Clear(); }
     PyGILState_Release(g);
     return ok ? 0 : -1;
+}
+
+int rm_bind_inbox(const char *module, const char *attr) {
+    return rm_bind_list(module, attr, &inbox);
 }
 
 /* ---- Bringing bytes in ------------------------------------------------------------------ */
@@ -364,8 +356,6 @@ void rm_close(rm_image *img) {
     free(img->chunk_ready); free(img->strings); free(img->state); free(img);
 }
 
-/* The header's 256 bytes (present from rm_open on). */
-const unsigned char *rm_header(rm_image *img) { return img->base; }
 const unsigned char *rm_base(rm_image *img) { return img->base; }
 unsigned long long rm_size(rm_image *img) { return img->size; }
 int rm_relocated(rm_image *img) { return (uint64_t)(uintptr_t)img->base != img->preferred; }

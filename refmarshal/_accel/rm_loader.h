@@ -25,7 +25,6 @@ typedef struct {
 int rm_bind_inbox(const char *module, const char *attr);
 rm_image *rm_open(const char *path, int mode, char *err, int errlen);
 void rm_close(rm_image *img);
-const unsigned char *rm_header(rm_image *img);
 const unsigned char *rm_base(rm_image *img);
 unsigned long long rm_size(rm_image *img);
 int rm_relocated(rm_image *img);

@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "rm_common.h"
 #include "rm_writer.h"
 
 /* ---- Version differences: the one place for them (C writer) --------------------------- */
@@ -116,27 +117,12 @@ static void quicken(_Py_CODEUNIT *instr, Py_ssize_t n) { (void)instr; (void)n; }
 #  error "refmarshal supports CPython 3.11-3.13"
 #endif
 
-/* ---- Format constants (spec 5.2-5.4; refmarshal/format.py has the same) ----------------- */
-enum { R_TYPE, R_CONST, R_STR, R_FROZENSET, R_PTR, R_KINDS };
-enum { T_STR = 1, T_BYTES, T_TUPLE, T_INT, T_FLOAT, T_COMPLEX, T_CODE };
-#define C_SMALL_INT 0x100
-#define C_LATIN1 0x300
-#define C_BYTE 0x400
-
-#define FAIL(...) do { snprintf(err, errlen, __VA_ARGS__); goto fail; } while (0)
 #define ALIGN8(n) (((n) + 7) & ~(uint64_t)7)
 
 static PyObject *box;             /* the Python list objects travel through */
 
 int rm_writer_bind(const char *module, const char *attr) {
-    PyGILState_STATE g = PyGILState_Ensure();
-    PyObject *m = PyImport_ImportModule(module);
-    PyObject *l = m ? PyObject_GetAttrString(m, attr) : NULL;
-    Py_XDECREF(m);
-    int ok = l && PyList_Check(l);
-    if (ok) { Py_XSETREF(box, l); } else { Py_XDECREF(l); PyErr_Clear(); }
-    PyGILState_Release(g);
-    return ok ? 0 : -1;
+    return rm_bind_list(module, attr, &box);
 }
 
 /* [OBJ-5] singleton id of an object, by value as the spec defines it, or -1. */
