@@ -419,18 +419,34 @@ def _unpack(packed):
 _CHUNK = 16
 
 
+def string_order(per_module):
+    """[STR-2] The string table's keys in index order, from each module's string keys in order
+    of first use (``per_module`` in directory order): the strings two or more modules use,
+    then the others, each group in order of first use over all modules.  (A module's strings
+    then lie together, not scattered among other modules' strings: a loader reads less.)"""
+    first = {}
+    shared = set()
+    for keys in per_module:
+        for k in keys:
+            if k in first:
+                shared.add(k)
+            else:
+                first[k] = None
+    return [k for k in first if k in shared] + [k for k in first if k not in shared]
+
+
 def encode_image(layout, modules, optimize):
     """The bytes of an image of ``modules``: name -> (path, mtime_ns, size, is_pkg, graph)."""
     names = sorted(modules, key=lambda n: n.encode("utf-8"))            # [DIR-2]
-    strings = {}
     segments = []
     for n in names:
-        seg = _Segment(layout, strings)
+        seg = _Segment(layout, {})
         seg.place(modules[n][4])
         segments.append(seg)
-    keys = list(strings)         # [STR-2] in order of first use (dicts keep insertion order)
-    for i, k in enumerate(keys):
-        strings[k] = i
+    keys = string_order(seg.strings for seg in segments)
+    index = {k: i for i, k in enumerate(keys)}
+    for seg in segments:
+        seg.strings = index
 
     def encode_segment(i, seg_off, base):
         seg = segments[i]

@@ -102,3 +102,23 @@ def test_equal_strings_are_stored_once_across_modules(tmp_path):
     assert data.count(b"shared_name") == 1
     img = refmarshal.Image(path, implementation="reference")
     assert img.get_code("m1").co_consts[0] == img.get_code("m2").co_consts[0]
+
+
+@pytest.mark.parametrize("implementation", ["reference", "native"])
+def test_string_table_puts_shared_strings_first_STR_2(tmp_path, implementation):
+    if implementation == "native" and not refmarshal.accelerator_available():
+        pytest.skip("accelerator not built (test_accel.py fails on that where "
+                    "REFMARSHAL_REQUIRE_ACCEL is set)")
+    (tmp_path / "m1.py").write_text("A = 'only_in_m1'\nB = 'in_m1_and_m3'\n")
+    (tmp_path / "m2.py").write_text("A = 'only_in_m2'\nB = 'in_m2_and_m3'\n")
+    (tmp_path / "m3.py").write_text("A = 'in_m2_and_m3'\nB = 'in_m1_and_m3'\nC = 'only_in_m3'\n")
+    path = tmp_path / "s.img"
+    refmarshal.build(path, [(m, tmp_path / f"{m}.py") for m in ("m1", "m2", "m3")],
+                     implementation=implementation)
+    data = path.read_bytes()
+    where = [data.index(s.encode()) for s in
+             ("in_m1_and_m3", "in_m2_and_m3", "only_in_m1", "only_in_m2", "only_in_m3")]
+    assert where == sorted(where)
+    for m in ("m1", "m2", "m3"):     # and the order changes nothing a module sees
+        assert refmarshal.Image(path, implementation="reference").get_code(m).co_consts == \
+            compile((tmp_path / f"{m}.py").read_text(), str(tmp_path / f"{m}.py"), "exec").co_consts

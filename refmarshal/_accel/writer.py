@@ -45,16 +45,21 @@ def _encode_image(layout, modules, optimize):
         raise ImageError("the C writer writes only the running interpreter's layout")
     names = sorted(modules, key=lambda n: n.encode("utf-8"))            # [DIR-2]
     err = ffi.new("char[]", _ERRLEN)
-    found = {}       # (str, interned) -> a live str with that value, in order of first use
+    found = {}       # (str, interned) -> a live str with that value
+    used = []        # per module, its string keys in order of first use
     plans = []
     try:
         for n in names:
-            _box[:] = [modules[n][4], found, _frozenset_tuple]
+            own = {}
+            _box[:] = [modules[n][4], own, _frozenset_tuple]
             plan = lib.rm_plan_module(err, _ERRLEN)
             if plan == ffi.NULL:
                 raise ImageError(f"module {n}: {ffi.string(err).decode(errors='replace')}")
             plans.append(plan)
-        keys = list(found)                                          # [STR-2]
+            for k, v in own.items():
+                found.setdefault(k, v)
+            used.append(own)
+        keys = R.string_order(used)                                 # [STR-2]
         index = {k: i for i, k in enumerate(keys)}
         strings = _encode_strings([found[k] for k in keys], err)
 
