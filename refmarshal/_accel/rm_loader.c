@@ -9,8 +9,8 @@
  * Memory: one region as large as the file is reserved at the image's preferred base (anywhere
  * else when that is taken: PTR records are then applied).  It is anonymous and private (with
  * transparent huge pages when asked for: RM_MODE_HUGE_PAGES), and filled from the file lazily,
- * in CHUNK-sized pieces, only where something is read: opening an image costs the same whatever its size, and
- * loading costs grow with what a process imports.  Reading (pread) instead of mapping the file
+ * only where something is read: opening an image costs the same whatever its size, and loading
+ * costs grow with what a process imports.  Reading (pread) instead of mapping the file
  * avoids a copy-on-write fault per 4 KiB page written, and a file changed under a running
  * process cannot change loaded code (it can only make later loads fail).
  */
@@ -51,7 +51,11 @@
 #  error "debug builds make interned strings mortal at exit: not supported (spec [LOAD-4])"
 #endif
 
-#define CHUNK (64 * 1024)        /* unit of lazy reading: a few modules' worth */
+/* Units of lazy reading.  Tables and strings, small and scattered, come in CHUNKs, which
+   hold neighbours that are likely used soon; a module's segment and relocation records come
+   exactly (to whole pages), since its neighbours in the file are often never imported. */
+#define CHUNK (64 * 1024)
+#define PAGE_UNIT 4096
 #define HUGE_PAGE (2 * 1024 * 1024)
 
 struct rm_image {
@@ -63,7 +67,7 @@ struct rm_image {
     uint32_t nmodules, nstrings;
     uint64_t dir_off, names_off, names_size, sidx_off, sheap_off, sheap_size,
              mheap_off, mheap_size, rel_off, rel_size;
-    unsigned char *chunk_ready;   /* per CHUNK: 1 once read from the file */
+    unsigned char *page_ready;    /* per PAGE_UNIT: 1 once read from the file */
     uint64_t bytes_read;          /* how much of the file has been read so far */
     PyObject **strings;           /* resolved strings, by index (NULL: not yet) */
     unsigned char *state;         /* per module: 0 not loaded, 1 loaded, 2 failed */
@@ -230,16 +234,21 @@ int rm_bind_inbox(const char *module, const char *attr) {
 }
 
 /* ---- Bringing bytes in ------------------------------------------------------------------ */
-/* Makes [off, off+len) of the file present in the region; callers have checked that the range
-   lies inside the file.  Runs of missing chunks are read with one pread each. */
-static int ensure(rm_image *img, uint64_t off, uint64_t len, char *err, int errlen) {
+/* Makes [off, off+len) of the file present in the region, reading whole `grain`-sized,
+   `grain`-aligned pieces around it; callers have checked that the range lies inside the file.
+   Runs of missing pages are read with one pread each. */
+static int ensure(rm_image *img, uint64_t off, uint64_t len, uint64_t grain,
+                  char *err, int errlen) {
     if (!len) return 0;
-    uint64_t c = off / CHUNK, last = (off + len - 1) / CHUNK;
-    while (c <= last) {
-        if (img->chunk_ready[c]) { c++; continue; }
-        uint64_t run = c;
-        while (run <= last && !img->chunk_ready[run]) run++;
-        uint64_t from = c * CHUNK, to = run * CHUNK < img->size ? run * CHUNK : img->size;
+    uint64_t end = (off + len + grain - 1) / grain * grain;
+    uint64_t p = off / grain * grain / PAGE_UNIT, last = ((end < img->size ? end : img->size)
+                                                          - 1) / PAGE_UNIT;
+    while (p <= last) {
+        if (img->page_ready[p]) { p++; continue; }
+        uint64_t run = p;
+        while (run <= last && !img->page_ready[run]) run++;
+        uint64_t from = p * PAGE_UNIT, to = run * PAGE_UNIT < img->size ? run * PAGE_UNIT
+                                                                          : img->size;
         while (from < to) {
             ssize_t got = pread(img->fd, img->base + from, to - from, (off_t)from);
             if (got < 0 && errno == EINTR) continue;
@@ -252,8 +261,8 @@ static int ensure(rm_image *img, uint64_t off, uint64_t len, char *err, int errl
             from += (uint64_t)got;
             img->bytes_read += (uint64_t)got;
         }
-        memset(img->chunk_ready + c, 1, run - c);
-        c = run;
+        memset(img->page_ready + p, 1, run - p);
+        p = run;
     }
     return 0;
 }
@@ -301,8 +310,8 @@ rm_image *rm_open(const char *path, int mode, char *err, int errlen) {
     img->size = st.st_size;
     img->preferred = rd64(hdr + 24);
     img->reserved = (img->size + HUGE_PAGE - 1) & ~(uint64_t)(HUGE_PAGE - 1);
-    img->chunk_ready = calloc(img->size / CHUNK + 1, 1);
-    if (!img->chunk_ready) FAIL("out of memory");
+    img->page_ready = calloc(img->size / PAGE_UNIT + 1, 1);
+    if (!img->page_ready) FAIL("out of memory");
     void *want = (void *)(uintptr_t)img->preferred;
     if (mode == RM_MODE_FILE_MAPPING) {
         /* the whole file, copy-on-write: kept to compare in benchmarks/materialize.py */
@@ -314,14 +323,14 @@ rm_image *rm_open(const char *path, int mode, char *err, int errlen) {
         if (p == MAP_FAILED) FAIL("cannot map: %s", strerror(errno));
         img->base = p;
         img->reserved = img->size;
-        memset(img->chunk_ready, 1, img->size / CHUNK + 1);
+        memset(img->page_ready, 1, img->size / PAGE_UNIT + 1);
     } else {
         img->base = reserve(want, img->reserved, mode == RM_MODE_HUGE_PAGES);
         if (!img->base) { img->reserved = 0; FAIL("cannot reserve memory: %s", strerror(errno)); }
     }
     /* Python checks magic, version, CRC and fingerprint on the header in the region; C keeps
        only what it needs, and checks the sections it uses lie inside the file. */
-    if (ensure(img, 0, HEADER_SIZE, err, errlen) < 0) goto fail;
+    if (ensure(img, 0, HEADER_SIZE, CHUNK, err, errlen) < 0) goto fail;
     img->nmodules = rd32(hdr + 32);
     img->nstrings = rd32(hdr + 36);
     const unsigned char *s = hdr + 48;
@@ -353,7 +362,7 @@ void rm_close(rm_image *img) {
     if (img->pinned) return;      /* its objects live until the process ends ([LOAD-4]) */
     if (img->base && img->reserved) munmap(img->base, img->reserved);
     if (img->fd >= 0) close(img->fd);
-    free(img->chunk_ready); free(img->strings); free(img->state); free(img);
+    free(img->page_ready); free(img->strings); free(img->state); free(img);
 }
 
 const unsigned char *rm_base(rm_image *img) { return img->base; }
@@ -366,14 +375,14 @@ unsigned long long rm_bytes_read(rm_image *img) { return img->bytes_read; }
 /* Entry i's name, bounds-checked (not yet checksummed): for binary search. */
 static const unsigned char *entry_name(rm_image *img, uint32_t i, uint32_t *len, char *err, int errlen) {
     uint64_t e_off = img->dir_off + (uint64_t)i * MODULE_SIZE;
-    if (ensure(img, e_off, MODULE_SIZE, err, errlen) < 0) return NULL;
+    if (ensure(img, e_off, MODULE_SIZE, CHUNK, err, errlen) < 0) return NULL;
     const unsigned char *e = img->base + e_off;
     uint32_t n_off = rd32(e + 8), n_len = rd32(e + 12);
     if ((uint64_t)n_off + n_len > img->names_size) {
         snprintf(err, errlen, "directory entry %u: name outside the names section", i);
         return NULL;
     }
-    if (ensure(img, img->names_off + n_off, n_len, err, errlen) < 0) return NULL;
+    if (ensure(img, img->names_off + n_off, n_len, CHUNK, err, errlen) < 0) return NULL;
     *len = n_len;
     return img->base + img->names_off + n_off;
 }
@@ -389,7 +398,7 @@ static int check_entry(rm_image *img, uint32_t i, rm_entry_info *out, char *err,
     uint32_t p_off = rd32(e + 16), p_len = rd32(e + 20), flags = rd32(e + 4);
     if ((uint64_t)p_off + p_len > img->names_size)
         FAIL("directory entry %u: name or path outside the names section", i);
-    if (ensure(img, img->names_off + p_off, p_len, err, errlen) < 0) goto fail;
+    if (ensure(img, img->names_off + p_off, p_len, CHUNK, err, errlen) < 0) goto fail;
     const unsigned char *path = img->base + img->names_off + p_off;
     uint32_t crc = crc32_update(crc32_update(crc32_update(0, e + 4, MODULE_SIZE - 4), name, n_len),
                                 path, p_len);
@@ -470,14 +479,14 @@ static int init_singletons(void) {
 static PyObject *resolve_string(rm_image *img, uint64_t index, char *err, int errlen) {
     if (img->strings[index]) return img->strings[index];
     uint64_t e_off = img->sidx_off + index * STRING_SIZE;
-    if (ensure(img, e_off, STRING_SIZE, err, errlen) < 0) return NULL;
+    if (ensure(img, e_off, STRING_SIZE, CHUNK, err, errlen) < 0) return NULL;
     const unsigned char *e = img->base + e_off;
     uint32_t off = rd32(e), size = rd32(e + 4), flags = rd32(e + 8), crc = rd32(e + 12);
     if ((uint64_t)off + size > img->sheap_size || off % 8 || size < 48 || flags > 1) {
         snprintf(err, errlen, "string %llu: bad index entry", (unsigned long long)index);
         return NULL;
     }
-    if (ensure(img, img->sheap_off + off, size, err, errlen) < 0) return NULL;
+    if (ensure(img, img->sheap_off + off, size, CHUNK, err, errlen) < 0) return NULL;
     unsigned char *obj = img->base + img->sheap_off + off;
     if (crc32_update(crc32_update(0, e, 12), obj, size) != crc || rd64(obj + 8) != T_STR) {
         snprintf(err, errlen, "string %llu: checksum mismatch", (unsigned long long)index);
@@ -537,8 +546,9 @@ static int load_module(rm_image *img, uint32_t index, char *err, int errlen) {
         || seg_off % 8 || root >= seg_size || root % 8 || r_nonptr > r_count
         || ((uint64_t)r_index + r_count) * 4 > img->rel_size)
         FAIL("directory entry out of bounds");
-    if (ensure(img, seg_off, seg_size, err, errlen) < 0
-        || ensure(img, img->rel_off + (uint64_t)r_index * 4, (uint64_t)r_count * 4, err, errlen) < 0)
+    if (ensure(img, seg_off, seg_size, PAGE_UNIT, err, errlen) < 0
+        || ensure(img, img->rel_off + (uint64_t)r_index * 4, (uint64_t)r_count * 4, PAGE_UNIT,
+                  err, errlen) < 0)
         goto fail;
     if (crc32_update(crc32_update(0, seg, seg_size), (const unsigned char *)rel, (size_t)r_count * 4)
         != info.data_crc)
