@@ -162,7 +162,7 @@ def _open(path, checked):
     """An ImageFinder for the image at path, or None after one warning."""
     try:
         from ._accel.loader import AccelImage
-    except ImportError as exc:
+    except Exception as exc:   # not built, built for another Python, a broken .so: step aside
         return _decline(path, f"the accelerator is unavailable ({exc})", 5)
     try:
         image = AccelImage(path)

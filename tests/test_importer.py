@@ -476,9 +476,18 @@ def test_other_optimization_level_is_declined(tree):
         src / "__pycache__" / f"mod.{sys.implementation.cache_tag}.opt-1.pyc")]
 
 
-def test_accelerator_unavailable_is_declined(tree):
+BROKEN_ACCEL = {
+    "not built": 'sys.modules["refmarshal._accel._loader"] = None\n',
+    # a module that imports but is not the accelerator: not an ImportError, still declined
+    "broken": 'import types\nbad = types.ModuleType("refmarshal._accel._loader")\n'
+              'bad.ffi = bad.lib = object()\nsys.modules[bad.__name__] = bad\n',
+}
+
+
+@pytest.mark.parametrize("how", sorted(BROKEN_ACCEL))
+def test_accelerator_unavailable_is_declined(tree, how):
     src, img, cwd = tree
-    body = 'sys.modules["refmarshal._accel._loader"] = None\n' + textwrap.dedent(PROBLEM)
+    body = BROKEN_ACCEL[how] + textwrap.dedent(PROBLEM)
     declined, caught, who, *_ = json.loads(script(body, "stock", img, cwd, pythonpath=[src]).stdout)
     assert declined and who == "tree"
     assert len(caught) == 1 and "the accelerator is unavailable" in caught[0][1]
