@@ -10,8 +10,6 @@ Importing this package is cheap on purpose (the import hook runs at every interp
 the writer and the reference reader are imported only when first used.
 """
 
-from .errors import ImageError
-
 __all__ = ["ImageError", "Image", "build", "accelerator_available"]
 
 
@@ -19,6 +17,9 @@ def __getattr__(name):
     if name == "build":
         from .writer import build
         return build
+    if name == "ImageError":    # not imported with the package: the start-up hook needs none
+        from .errors import ImageError
+        return ImageError
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -1,6 +1,6 @@
 """What the ``refmarshal.pth`` line runs at every interpreter start: a PendingFinder where the
 image finder goes.  The image is opened (and the accelerator imported) at the first import
-that reaches it, so ``python -c pass`` pays for three small modules and one stat.
+that reaches it, so ``python -c pass`` pays for two small modules (this one and its package) and one stat.
 
 Environment: ``REFMARSHAL=0`` turns it off, ``REFMARSHAL_IMAGE=path`` uses another image than
 the environment's default, ``REFMARSHAL_UNCHECKED=1`` trusts the image (no per-module stat).

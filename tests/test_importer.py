@@ -597,6 +597,15 @@ def test_startup_environment_switches(tree):
     assert len(err.strip().splitlines()) == 1 and err.startswith(f"refmarshal: {bad}: ")
 
 
+def test_startup_imports_only_the_package_and_the_hook(tree):
+    # what every interpreter start pays for: refmarshal's own modules imported by the hook
+    src, img, cwd = tree
+    body = ("import sys, refmarshal._startup\nrefmarshal._startup.run()\n"
+            "print(sorted(m for m in sys.modules if m.startswith('refmarshal')))")
+    r = run(["-c", body], cwd, pythonpath=[src], env={"REFMARSHAL_IMAGE": str(img)})
+    assert r.stdout.split("\n")[0] == "['refmarshal', 'refmarshal._startup']" and r.stderr == ""
+
+
 def test_ignore_environment_keeps_the_image_choice_out(tree):
     """-E / -I ignore PYTHONPATH; REFMARSHAL_IMAGE and REFMARSHAL_UNCHECKED choose code too."""
     src, img, cwd = tree
