@@ -598,12 +598,16 @@ def test_startup_environment_switches(tree):
 
 
 def test_startup_imports_only_the_package_and_the_hook(tree):
-    # what every interpreter start pays for: refmarshal's own modules imported by the hook
+    # what every interpreter start pays for: refmarshal's own modules imported by the hook;
+    # and the first import through the image checks the header without importing zlib
     src, img, cwd = tree
     body = ("import sys, refmarshal._startup\nrefmarshal._startup.run()\n"
-            "print(sorted(m for m in sys.modules if m.startswith('refmarshal')))")
+            "print(sorted(m for m in sys.modules if m.startswith('refmarshal')))\n"
+            "zlib = 'zlib' in sys.modules\nimport mod\n"
+            "print(zlib, 'zlib' in sys.modules, mod.__spec__.loader.__class__.__name__)")
     r = run(["-c", body], cwd, pythonpath=[src], env={"REFMARSHAL_IMAGE": str(img)})
-    assert r.stdout.split("\n")[0] == "['refmarshal', 'refmarshal._startup']" and r.stderr == ""
+    assert r.stdout.split("\n")[:2] == ["['refmarshal', 'refmarshal._startup']",
+                                        "False False ImageLoader"] and r.stderr == ""
 
 
 def test_ignore_environment_keeps_the_image_choice_out(tree):

@@ -34,6 +34,14 @@ MODES = {"huge-pages": lib.RM_MODE_HUGE_PAGES, "small-pages": lib.RM_MODE_SMALL_
          "file-mapping": lib.RM_MODE_FILE_MAPPING}
 
 
+def _crc32(*chunks):
+    """format.crc32 in C: zlib is not imported at start-up for one header."""
+    c = 0
+    for chunk in chunks:
+        c = lib.rm_crc32(c, chunk, len(chunk))
+    return c
+
+
 class AccelImage:
     """An image whose modules are brought into memory and fixed up in place on first request."""
 
@@ -51,7 +59,7 @@ class AccelImage:
         try:
             # rm_open has read the header: the region starts with the file's first bytes
             header = bytes(ffi.buffer(lib.rm_base(handle), F.HEADER_SIZE))
-            self.header = F.check_header(header, self._size)
+            self.header = F.check_header(header, self._size, _crc32)
         except ImageError as exc:
             self._handle = None          # closed here, not again by __del__
             lib.rm_close(handle)
