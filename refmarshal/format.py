@@ -2,9 +2,12 @@
 
 Reader and writer both import from here, so the two can only disagree about the format through
 code, never through a copied number.  Per-version object layouts live in ``layouts.py``.
+
+The import hook's path (the accelerator checking a header) imports this module at a process's
+first import, so it does not import ``struct``: the record layouts below are ``struct.Struct``
+objects made on first use, and the header is parsed with ``int.from_bytes``.
 """
 
-import struct
 import sys
 
 from .errors import ImageError
@@ -15,28 +18,44 @@ FORMAT_MINOR = 0                 # [HDR-2] a reader accepts any minor version
 HEADER_SIZE = 256
 PAGE = 4096                      # [SEC-3] heaps start on this boundary
 ALIGN = 8                        # [OBJ-1] every object (or its GC header) starts 8-aligned
+MODULE_SIZE = 80                 # [SEC-2] bytes per directory entry (spec 3.1)
+STRING_SIZE = 16                 # [SEC-2] bytes per string index entry (spec 4.1)
+FINGERPRINT_OFFSET, FINGERPRINT_SIZE = 144, 112     # [HDR-7] spec 2.2
 
-# Header: spec 2.1.  Integers little-endian.
-HEADER = struct.Struct("<8sHHIQQIIII96s112s")
-SECTION = struct.Struct("<QQ")
+# Record layouts (little-endian), as struct formats; ``HEADER`` etc. are ``struct.Struct``
+# objects made from these on first use (module __getattr__ below).
+LAYOUTS = {
+    "HEADER": "<8sHHIQQIIII96s112s",     # spec 2.1
+    "SECTION": "<QQ",                    # spec 2.3
+    "FINGERPRINT": "<I4sBBH16s84s",      # spec 2.2
+    "MODULE": "<IIIIIIqQQIIIIII8x",      # spec 3.1
+    "STRING": "<IIII",                   # spec 4.1
+    "RELOC": "<I",                       # spec 5.3: (slot_word << 3) | kind
+}
 SECTION_NAMES = ("directory", "names", "string_index", "string_heap", "module_heap", "relocations")
-FINGERPRINT = struct.Struct("<I4sBBH16s84s")
-assert HEADER.size == HEADER_SIZE and FINGERPRINT.size == 112
+
+
+def __getattr__(name):
+    fmt = LAYOUTS.get(name)
+    if fmt is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import struct
+    value = globals()[name] = struct.Struct(fmt)
+    return value
+
+
+def layout(name):
+    """``HEADER``, ``MODULE``... from inside this module (where __getattr__ does not apply)."""
+    return globals().get(name) or __getattr__(name)
+
 
 # Header flags ([HDR-9]).
 FLAG_OPTIMIZE_MASK = 0x3         # bits 0-1: the optimization level the code was compiled at
 
-# Module directory entry: spec 3.1.
-MODULE = struct.Struct("<IIIIIIqQQIIIIII8x")
-assert MODULE.size == 80
-MOD_PACKAGE = 0x1
+MOD_PACKAGE = 0x1                # directory entry flags (spec 3.1)
+STR_INTERNED = 0x1               # string index entry flags (spec 4.1)
 
-# String index entry: spec 4.1.
-STRING = struct.Struct("<IIII")
-STR_INTERNED = 0x1
-
-# Relocation record: spec 5.3.  (slot_word << 3) | kind, as uint32.
-RELOC = struct.Struct("<I")
+# Relocation kinds: spec 5.3.
 R_TYPE, R_CONST, R_STR, R_FROZENSET, R_PTR = range(5)
 RELOC_KIND_NAMES = ("TYPE", "CONST", "STR", "FROZENSET", "PTR")
 
@@ -105,19 +124,21 @@ def build_flags():
 
 
 def fingerprint():
-    """The 112-byte fingerprint of the running interpreter build: spec 2.2."""
+    """The 112-byte fingerprint of the running interpreter build: spec 2.2 (the layout of
+    ``FINGERPRINT``, packed by hand: see the module docstring)."""
     # the bootstrap module is always loaded; importlib.util would cost milliseconds at start-up
     from _frozen_importlib_external import MAGIC_NUMBER
-    return FINGERPRINT.pack(
-        sys.hexversion, MAGIC_NUMBER, struct.calcsize("P"),
-        ord("L") if sys.byteorder == "little" else ord("B"), build_flags(),
-        sys.implementation.cache_tag.encode("ascii")[:16],
-        sys.version.encode("utf-8", "replace")[:84])
+    ptr_size = (sys.maxsize.bit_length() + 1) // 8
+    return (sys.hexversion.to_bytes(4, "little") + MAGIC_NUMBER
+            + bytes((ptr_size, ord("L") if sys.byteorder == "little" else ord("B")))
+            + build_flags().to_bytes(2, "little")
+            + sys.implementation.cache_tag.encode("ascii")[:16].ljust(16, b"\0")
+            + sys.version.encode("utf-8", "replace")[:84].ljust(84, b"\0"))
 
 
 def describe_fingerprint(fp):
     """A short human description of a fingerprint, for error messages and ``info``."""
-    hexversion, magic, psize, order, flags, tag, version = FINGERPRINT.unpack(fp)
+    hexversion, magic, psize, order, flags, tag, version = layout("FINGERPRINT").unpack(fp)
     tag = tag.rstrip(b"\0").decode("ascii", "replace")
     version = version.rstrip(b"\0").decode("utf-8", "replace").split("\n")[0]
     return f"{tag} ({version}), {psize * 8}-bit {'little' if order == ord('L') else 'big'}-endian"
@@ -135,9 +156,13 @@ def preferred_base(key):
 def check_header(hdr, file_size, crc=crc32):
     """Check what the 256 header bytes alone can show ([HDR-1..9], [SEC-2]); returns its fields
     and the section table.  ``crc``: a function like ``crc32`` (the accelerator passes its own).
-    Shared by the reference reader and the accelerator's Python side."""
-    (magic, major, minor, hsize, fsize, base, nmod, nstr, hcrc, flags, sect,
-     fp) = HEADER.unpack(hdr)
+    Shared by the reference reader and the accelerator's Python side.  Fields are read at the
+    offsets of spec 2.1 (the layout ``HEADER`` packs), without ``struct``."""
+    def u(off, size):
+        return int.from_bytes(hdr[off:off + size], "little")
+    magic, major, minor, hsize, fsize = hdr[0:8], u(8, 2), u(10, 2), u(12, 4), u(16, 8)
+    base, nmod, nstr, hcrc, flags = u(24, 8), u(32, 4), u(36, 4), u(40, 4), u(44, 4)
+    fp = bytes(hdr[FINGERPRINT_OFFSET:FINGERPRINT_OFFSET + FINGERPRINT_SIZE])
     if magic != MAGIC:
         raise ImageError("not a refmarshal image (bad magic)")
     if major != FORMAT_MAJOR:
@@ -157,10 +182,10 @@ def check_header(hdr, file_size, crc=crc32):
         raise ImageError(f"reserved header flags set: {flags:#x}")
     if not (base % 0x4000_0000 == 0 and 0 < base < 1 << 47):
         raise ImageError(f"bad preferred base {base:#x}")
-    sections = [SECTION.unpack_from(sect, 16 * i) for i in range(len(SECTION_NAMES))]
-    if sections[0][1] != nmod * MODULE.size:
+    sections = [(u(48 + 16 * i, 8), u(56 + 16 * i, 8)) for i in range(len(SECTION_NAMES))]
+    if sections[0][1] != nmod * MODULE_SIZE:
         raise ImageError("directory size does not match module count")
-    if sections[2][1] != nstr * STRING.size:
+    if sections[2][1] != nstr * STRING_SIZE:
         raise ImageError("string index size does not match string count")
     return dict(base=base, modules=nmod, strings=nstr, optimize=flags & FLAG_OPTIMIZE_MASK,
                 fingerprint=fp, sections=sections)

@@ -70,3 +70,23 @@ def test_module_entry_records_source(tmp_path):
     e = refmarshal.Image(tmp_path / "i.img", implementation="reference").entry("a")
     st = src.stat()
     assert (e.path, e.mtime_ns, e.size, e.is_package) == (str(src), st.st_mtime_ns, st.st_size, False)
+
+
+def test_record_layouts_match_the_spec_sizes_and_the_hand_packed_fingerprint():
+    # format.py packs the fingerprint and parses the header without struct (the import hook's
+    # path); the struct layouts, made on first use, must describe the same bytes
+    import struct
+    from _frozen_importlib_external import MAGIC_NUMBER
+    from refmarshal import format as F
+    assert (F.HEADER.size, F.MODULE.size, F.STRING.size, F.RELOC.size, F.SECTION.size,
+            F.FINGERPRINT.size) == (F.HEADER_SIZE, F.MODULE_SIZE, F.STRING_SIZE, 4, 16,
+                                    F.FINGERPRINT_SIZE)
+    assert F.FINGERPRINT_OFFSET + F.FINGERPRINT_SIZE == F.HEADER_SIZE
+    assert F.fingerprint() == F.FINGERPRINT.pack(
+        sys.hexversion, MAGIC_NUMBER, struct.calcsize("P"),
+        ord("L") if sys.byteorder == "little" else ord("B"), F.build_flags(),
+        sys.implementation.cache_tag.encode("ascii"), sys.version.encode("utf-8", "replace"))
+    fields = F.HEADER.unpack(bytes(range(256)))
+    assert fields[-1] == bytes(range(256))[F.FINGERPRINT_OFFSET:]
+    with pytest.raises(AttributeError):
+        F.NO_SUCH_LAYOUT
