@@ -108,11 +108,16 @@ def singleton(cid):
     raise KeyError(cid)
 
 
+_zlib_crc32 = None
+
+
 def crc32(*chunks):
-    import zlib   # not at the top: the import hook checks headers with the accelerator's CRC
+    global _zlib_crc32
+    if _zlib_crc32 is None:   # zlib on first use: the import hook checks headers with the
+        from zlib import crc32 as _zlib_crc32     # accelerator's CRC and never imports it
     c = 0
     for chunk in chunks:
-        c = zlib.crc32(chunk, c)
+        c = _zlib_crc32(chunk, c)
     return c
 
 
