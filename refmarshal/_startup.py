@@ -1,6 +1,7 @@
 """What the ``refmarshal.pth`` line runs at every interpreter start: a PendingFinder where the
 image finder goes.  The image is opened (and the accelerator imported) at the first import
-that reaches it, so ``python -c pass`` pays for two small modules (this one and its package) and one stat.
+that reaches it, so ``python -c pass`` pays for two small modules (this one and its package)
+and one stat.
 
 Environment: ``REFMARSHAL=0`` turns it off, ``REFMARSHAL_IMAGE=path`` uses another image than
 the environment's default, ``REFMARSHAL_UNCHECKED=1`` trusts the image (no per-module stat).
@@ -68,7 +69,7 @@ class PendingFinder:
         except Exception as exc:    # -W error made our warning an exception: still say it
             report(exc)
             finder = None
-        if fullname in sys.modules:  # installing imported it (e.g. struct, for the first import)
+        if fullname in sys.modules:  # installing imported it (e.g. _cffi_backend, imported first)
             return _already_imported(sys.modules[fullname])
         return None if finder is None else finder.find_spec(fullname, path, target)
 
