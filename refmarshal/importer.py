@@ -134,8 +134,10 @@ def _unchanged(entry):
 
 class ImageLoader(SourceFileLoader):
     """A ``SourceFileLoader`` whose code comes from the image; everything else is stock.
-    ``exec_module`` (inherited) calls ``get_code`` then runs it, so a profiler wrapping
-    ``get_code`` sees the load phase on its own."""
+    ``exec_module`` calls ``get_code`` then runs it, so a profiler wrapping ``get_code`` sees
+    the load phase on its own; once the module has run, its ``__loader__`` and
+    ``__spec__.loader`` are a plain ``SourceFileLoader``, as stock import leaves them (code
+    that looks loaders up by type, such as distlib's resource finders, depends on that)."""
 
     def __init__(self, fullname, path, finder):
         super().__init__(fullname, path)
@@ -144,6 +146,15 @@ class ImageLoader(SourceFileLoader):
     def __reduce__(self):
         # a copy or a pickle (of a spec, say) is the stock loader: the image stays here
         return SourceFileLoader, (self.name, self.path)
+
+    def exec_module(self, module):
+        super().exec_module(module)
+        stock = SourceFileLoader(self.name, self.path)
+        spec = getattr(module, "__spec__", None)
+        if spec is not None and spec.loader is self:
+            spec.loader = stock
+        if getattr(module, "__loader__", None) is self:
+            module.__loader__ = stock
 
     def get_code(self, fullname):
         if fullname == self.name:
