@@ -3,6 +3,8 @@ image finder goes.  The image is opened (and the accelerator imported) at the fi
 that reaches it, so ``python -c pass`` pays for two small modules (this one and its package)
 and one stat.
 
+In a subinterpreter (3.12+) it does nothing: see ``in_main_interpreter``.
+
 Environment: ``REFMARSHAL=0`` turns it off, ``REFMARSHAL_IMAGE=path`` uses another image than
 the environment's default, ``REFMARSHAL_UNCHECKED=1`` trusts the image (no per-module stat).
 Under ``-E`` or ``-I`` the last two are ignored, as ``PYTHONPATH`` is: they choose code to run.
@@ -11,6 +13,19 @@ Under ``-E`` or ``-I`` the last two are ignored, as ``PYTHONPATH`` is: they choo
 
 import os
 import sys
+
+
+def in_main_interpreter():
+    """False in a subinterpreter of 3.12 or later, legacy or with its own GIL, where refmarshal
+    steps aside silently.  The accelerator's functions are called by cffi with the GIL released
+    and take it back with PyGILState_Ensure, which knows one thread state per thread: the main
+    interpreter's.  (3.11's subinterpreters share the GIL, the interned strings and the
+    singletons with the main interpreter, and the accelerator keeps no Python object of its
+    own: there it works, and 3.11 has no cheap way to ask.)"""
+    # Version difference: _thread._is_main_interpreter exists from 3.12 on.
+    import _thread   # built in, and already imported by every interpreter
+    is_main = getattr(_thread, "_is_main_interpreter", None)
+    return is_main is None or is_main()
 
 
 def default_image_path():
@@ -24,6 +39,8 @@ def run(image=None):
     if env.get("REFMARSHAL") == "0":
         return
     try:
+        if not in_main_interpreter():
+            return
         from _frozen_importlib_external import PathFinder
         if sys.flags.ignore_environment:
             env = {}

@@ -20,7 +20,7 @@ import sys
 # a millisecond (on 3.12 it imports warnings), while the frozen module is always loaded.
 from _frozen_importlib_external import PathFinder, SourceFileLoader
 
-from ._startup import PendingFinder, default_image_path
+from ._startup import PendingFinder, default_image_path, in_main_interpreter
 from .errors import RefmarshalWarning
 
 PTH_NAME = "refmarshal.pth"
@@ -61,107 +61,65 @@ def _warn_in_import(message):
 class ImageFinder:
     """Finds as ``PathFinder`` does; loads from ``image`` what the image holds unchanged.
 
+    ``find_spec(fullname, path=None, target=None)`` is a C method (rm_import.c): it asks
+    ``PathFinder`` for the spec exactly as stock import would, and only when that spec is the
+    very file the image recorded (same path, a plain source module, unchanged on disk in
+    checked mode, and ``PathFinder`` the next finder on ``sys.meta_path``) swaps its loader for
+    an ``ImageLoader``.  Being C, it adds no Python frame to an import: tracers, debuggers and
+    ``warnings`` see what they see with stock import.
+
     ``hits`` counts modules whose code came from the image, ``fallbacks`` modules the image
     holds that went through stock import (shadowed, stale, or a bad module)."""
 
     def __init__(self, image, checked):
         self.image = image
         self.path = image.path
-        self.checked = checked
-        self.disabled = False
-        self.hits = 0
-        self.fallbacks = 0
-        self._failed = set()
+        self._failed = set()       # modules that failed to load: stock from then on
+        self._c, self._hook = image.new_hook(checked, self._failed, PathFinder,
+                                             SourceFileLoader, ImageLoader, _warn_in_import)
 
     def __repr__(self):
         state = "disabled" if self.disabled else "checked" if self.checked else "unchecked"
         return f"<refmarshal.ImageFinder {self.path!r} {state} hits={self.hits}>"
 
-    def _next_is_path_finder(self):
-        # Stock order is kept only while nothing has been inserted between us and PathFinder.
-        mp = sys.meta_path
-        for i, f in enumerate(mp):
-            if f is self:
-                return i + 1 < len(mp) and mp[i + 1] is PathFinder
-        return False
+    @property
+    def checked(self):
+        """Compare each module's source mtime and size with the image's record."""
+        return bool(self._c.checked)
 
-    def find_spec(self, fullname, path=None, target=None):
-        if self.disabled:
-            return None
-        if fullname in self._failed:
-            self.fallbacks += 1
-            return None
-        try:
-            entry = self.image.entry(fullname)
-        except KeyError:
-            return None
-        except Exception as exc:   # a bad directory: the image can no longer be trusted
-            self.disabled = True   # (not removed from sys.meta_path while it is being walked)
-            _warn_in_import(f"{self.path}: {exc}; image disabled")
-            return None
-        if not self._next_is_path_finder():
-            return None
-        spec = PathFinder.find_spec(fullname, path, target)
-        if spec is None:
-            return None
-        if (spec.origin != entry.path or type(spec.loader) is not SourceFileLoader
-                or (self.checked and not _unchanged(entry))):
-            self.fallbacks += 1
-            return spec
-        spec.loader = ImageLoader(fullname, spec.origin, self)
-        return spec
+    @checked.setter
+    def checked(self, value):
+        self._c.checked = bool(value)
 
-    def _code(self, fullname):
-        """The image's code for fullname, or None (one warning) when the module is bad."""
-        try:
-            code = self.image.get_code(fullname)
-        except Exception as exc:
-            self._failed.add(fullname)
-            self.fallbacks += 1
-            _warn_in_import(f"{self.path}: module {fullname}: {exc}")
-            return None
-        self.hits += 1
-        return code
+    @property
+    def disabled(self):
+        """The image's directory proved bad: the finder finds nothing any more."""
+        return bool(self._c.disabled)
 
+    @property
+    def hits(self):
+        return self._c.hits
 
-def _unchanged(entry):
-    try:
-        st = os.stat(entry.path)
-    except OSError:
-        return False
-    return st.st_mtime_ns == entry.mtime_ns and st.st_size == entry.size
+    @property
+    def fallbacks(self):
+        return self._c.fallbacks
 
 
 class ImageLoader(SourceFileLoader):
     """A ``SourceFileLoader`` whose code comes from the image; everything else is stock.
-    ``exec_module`` calls ``get_code`` then runs it, so a profiler wrapping ``get_code`` sees
-    the load phase on its own; once the module has run, its ``__loader__`` and
-    ``__spec__.loader`` are a plain ``SourceFileLoader``, as stock import leaves them (code
-    that looks loaders up by type, such as distlib's resource finders, depends on that)."""
 
-    def __init__(self, fullname, path, finder):
-        super().__init__(fullname, path)
-        self.finder = finder
+    ``get_code`` is a C method (rm_import.c) and ``exec_module`` the stock one, which calls it
+    and runs the code: no frame of refmarshal's is on the stack while the module's body runs.
+    When ``get_code`` hands the code over, the module's ``__loader__`` and ``__spec__.loader``
+    become a plain ``SourceFileLoader``, as stock import leaves them (code that looks loaders
+    up by type, such as distlib's resource finders, depends on that).  ``_hook`` is the
+    finder's C state; a slot, so the instance's ``__dict__`` is stock's."""
+
+    __slots__ = ("_hook",)
 
     def __reduce__(self):
         # a copy or a pickle (of a spec, say) is the stock loader: the image stays here
         return SourceFileLoader, (self.name, self.path)
-
-    def exec_module(self, module):
-        super().exec_module(module)
-        stock = SourceFileLoader(self.name, self.path)
-        spec = getattr(module, "__spec__", None)
-        if spec is not None and spec.loader is self:
-            spec.loader = stock
-        if getattr(module, "__loader__", None) is self:
-            module.__loader__ = stock
-
-    def get_code(self, fullname):
-        if fullname == self.name:
-            code = self.finder._code(fullname)
-            if code is not None:
-                return code
-        return super().get_code(fullname)
 
 
 def _decline(path, reason, stacklevel=4):
@@ -171,8 +129,13 @@ def _decline(path, reason, stacklevel=4):
 
 def _open(path, checked):
     """An ImageFinder for the image at path, or None after one warning."""
+    if not in_main_interpreter():
+        return _decline(path, "images are used in the main interpreter only, not in a "
+                              "subinterpreter", 5)
     try:
-        from ._accel.loader import AccelImage
+        from ._accel.loader import AccelImage, install_method
+        install_method(ImageFinder, "ImageFinder.find_spec")
+        install_method(ImageLoader, "ImageLoader.get_code")
     except Exception as exc:   # not built, built for another Python, a broken .so: step aside
         return _decline(path, f"the accelerator is unavailable ({exc})", 5)
     try:

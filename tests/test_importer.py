@@ -753,9 +753,9 @@ def test_pth_hook_in_a_virtual_environment(venv, tree):
 
 
 def test_threads_loading_at_once_each_get_their_module(tmp_path, stdlib_image):
-    """The accelerator hands a loaded code object over through a list while the GIL is
-    released: threads loading at once (as threads importing at once do) must not swap them.
-    The standard library's image makes loads long enough for threads to meet."""
+    """Threads loading at once (as threads importing at once do) each get their own module,
+    through Image.get_code and through imports.  The standard library's image makes loads long
+    enough for threads to meet."""
     src = tmp_path / "src"
     names = [f"m{i:03d}" for i in range(240)]
     write_tree(src, {f"{n}.py": MODCODE + f"NAME = {n!r}\n" + "def f():\n    return NAME\n" * 20
@@ -829,3 +829,308 @@ def test_real_installed_packages_through_the_image(tmp_path):
     assert out["stock"][0][:2] == ["[<Version('1.2rc1')>, <Version('1.2')>, <Version('1.10')>]",
                                    True]
     assert out["checked"][1] == [True] * 6 and out["checked"][2] == 0
+
+
+# ---------------------------------------------------------------------------------------
+# Frames: while an import runs, the stack holds stock's frames and no others (issue: CPython's
+# own test_warnings, test_re, test_trace).  The finder's find_spec and the loader's get_code are
+# C methods; exec_module is the stock one.
+
+FRAMES_TREE = {
+    "warner.py": MODCODE + "import warnings\n"
+                 "warnings.warn('warner is old', DeprecationWarning, stacklevel=2)\n",
+    "raiser.py": MODCODE + "X = 1\nraise ValueError('raised at import')\n",
+    "looker.py": MODCODE + textwrap.dedent('''\
+        import inspect
+        STACK = [(f.filename, f.function) for f in inspect.stack()]
+        FRAMES = []
+        _f = _sys._getframe()
+        while _f is not None:
+            FRAMES.append((_f.f_code.co_filename, _f.f_code.co_name))
+            _f = _f.f_back
+        '''),
+    "traced_a.py": MODCODE + "def g():\n    return 1\nY = g()\n",
+    "traced_b.py": MODCODE + "def g():\n    return 2\nY = g()\n",
+    "traced_c.py": MODCODE + "def g():\n    return 3\nY = g()\n",
+}
+
+
+@pytest.fixture
+def frames_tree(tmp_path):
+    src = write_tree(tmp_path / "src", FRAMES_TREE)
+    img = tmp_path / "frames.img"
+    names = sorted(n[:-3] for n in FRAMES_TREE)
+    refmarshal.build(img, [(n, src / f"{n}.py") for n in names])
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    return src, img, cwd
+
+
+FRAMES = '''
+    import traceback, warnings
+    obs = {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        import warner
+    obs["warning"] = [(w.filename, w.lineno, str(w.message)) for w in caught]
+    try:
+        import raiser
+    except ValueError:
+        obs["traceback"] = traceback.format_exc()
+    import looker
+    obs["stack"], obs["frames"] = looker.STACK, looker.FRAMES
+    calls = set()
+    def tracer(frame, event, arg):
+        calls.add(frame.f_code.co_filename)
+    sys.settrace(tracer)
+    import traced_a
+    sys.settrace(None)
+    obs["settrace"] = sorted(calls)
+    if hasattr(sys, "monitoring"):
+        mon, started = sys.monitoring, set()
+        mon.use_tool_id(3, "probe")
+        mon.register_callback(3, mon.events.PY_START,
+                              lambda code, offset: started.add(code.co_filename))
+        mon.set_events(3, mon.events.PY_START)
+        import traced_b
+        mon.set_events(3, 0)
+        mon.free_tool_id(3)
+        obs["monitoring"] = sorted(started)
+    import trace
+    tracer = trace.Trace(count=1, trace=0, ignoredirs=[sys.base_prefix, sys.base_exec_prefix])
+    tracer.runctx("import traced_c", {}, {})
+    obs["trace_counts"] = sorted({f for f, _ in tracer.results().counts})
+    traced_c = sys.modules["traced_c"]
+    emit(dict(obs=obs, own=[owned(m) for m in (warner, looker, traced_a, traced_c)]))
+'''
+
+
+def test_import_shows_stock_frames_only(frames_tree):
+    """warnings with stacklevel, the traceback of an error raised at import, inspect.stack()
+    and sys._getframe() in a module body, sys.settrace, sys.monitoring and the trace module
+    see exactly what they see with stock import."""
+    src, img, cwd = frames_tree
+    out = observe(FRAMES, img, cwd, pythonpath=[src])
+    stock, mine = out["stock"], out["checked"]
+    assert mine["own"] == [True] * 4 and not any(stock["own"])
+    assert mine["obs"] == stock["obs"]
+    obs = stock["obs"]
+    # what stock shows, so that the comparison above means something
+    line = (PRELUDE + textwrap.dedent(FRAMES)).splitlines().index("    import warner") + 1
+    assert obs["warning"] == [["<string>", line, "warner is old"]]   # the importing line
+    assert obs["traceback"].count("\n  File ") == 2       # the import line, then raiser's
+    assert obs["frames"][0] == [str(src / "looker.py"), "<module>"]
+    assert ["<string>", "<module>"] in obs["frames"]
+    seen = obs["settrace"] + obs.get("monitoring", []) + obs["trace_counts"]
+    assert not any("refmarshal" in f for f in seen)
+    assert str(src / "traced_a.py") in obs["settrace"]
+    assert str(src / "traced_c.py") in obs["trace_counts"]
+
+
+@pytest.mark.parametrize("case", ["warning", "error"])
+def test_import_time_messages_as_stock(frames_tree, case):
+    """What a user sees on stderr: a DeprecationWarning raised at import with stacklevel=2 is
+    shown by the default filters only when attributed to __main__; an uncaught error at import
+    prints stock's two-frame traceback."""
+    src, img, cwd = frames_tree
+    module = {"warning": "warner", "error": "raiser"}[case]
+    results = []
+    for env in ({"REFMARSHAL_IMAGE": str(img)}, {"REFMARSHAL": "0"}):
+        body = f"import refmarshal._startup as s\ns.run()\nimport {module}\n"
+        r = subprocess.run([sys.executable, "-c", body], cwd=cwd, capture_output=True,
+                           text=True, env=child_env([src], **env), timeout=300)
+        results.append((r.returncode, r.stderr))
+    assert results[0] == results[1]
+    code, err = results[1]
+    if case == "warning":
+        assert code == 0 and err.startswith("<string>:3: DeprecationWarning: warner is old")
+    else:
+        assert code == 1 and err.count('  File "') == 2 and "ValueError" in err
+
+
+def test_loader_types_while_and_after_the_body_runs(tree):
+    """The body already sees stock's loader type (distlib's resource finders look loaders up by
+    type); a spec found but not yet loaded carries the ImageLoader."""
+    src, img, cwd = tree
+    write_tree(src, {"who.py": MODCODE + "L = (type(__loader__).__name__, "
+                                         "__spec__.loader is __loader__)\n"})
+    refmarshal.build(img, tree_entries(src) + [("who", src / "who.py")])
+    body = '''
+        import importlib.util
+        spec = importlib.util.find_spec("who")
+        import who
+        emit([type(spec.loader).__name__, who.L, type(who.__loader__).__name__, owned(who)])
+    '''
+    stock, mine = both_modes(body, img, cwd, pythonpath=[src])
+    assert stock == ["SourceFileLoader", ["SourceFileLoader", True], "SourceFileLoader", False]
+    assert mine == ["ImageLoader", ["SourceFileLoader", True], "SourceFileLoader", True]
+
+
+# ---------------------------------------------------------------------------------------
+# Several interpreters in one process (issue: crashes and hangs in CPython's test_import,
+# test_importlib, test_threading).  3.12+: a subinterpreter, legacy or with its own GIL, imports
+# the stock way, silently; 3.11's subinterpreters share everything and use the image.
+
+SUB_CODE = '''
+import json, os, sys, mod, pkg.sub
+fs = [f for f in sys.meta_path if type(f).__module__.startswith("refmarshal")]
+os.write(FD, (json.dumps([json.dumps([1]), mod.WHO, pkg.g(), [type(f).__name__ for f in fs],
+                          any(f.image.owns(mod.MODCODE) for f in fs if hasattr(f, "image"))])
+              + "\\n").encode())
+'''
+
+SUBINTERPRETERS = '''
+import json, os, sys, importlib
+order, kinds = sys.argv[1], sys.argv[2].split(",")
+r, w = os.pipe()
+code = "FD = %d\\n" % w + SUB_CODE
+def main_imports():
+    import mod, pkg.sub
+    fs = [f for f in sys.meta_path if type(f).__name__ == "ImageFinder"]
+    return [mod.WHO, pkg.g(), len(fs), fs[0].image.owns(mod.MODCODE)]
+def in_sub(kind):
+    if kind == "capi":             # Py_NewInterpreter, as mod_wsgi does
+        import _testcapi
+        assert _testcapi.run_in_subinterp(code) == 0
+        return
+    try:
+        import _interpreters as I  # 3.13
+        interp = I.create("legacy" if kind == "legacy" else "isolated")
+    except ImportError:
+        import _xxsubinterpreters as I  # 3.12
+        interp = I.create(isolated=kind == "isolated")
+    I.run_string(interp, code)
+    I.destroy(interp)
+out = {}
+if order == "main-first":
+    out["main-before"] = main_imports()
+subs = []
+for kind in kinds:
+    in_sub(kind)
+    subs.append(json.loads(os.read(r, 65536)))
+out["subs"] = subs
+for m in ("mod", "pkg", "pkg.sub", "pkg.inner", "pkg.inner.helper"):
+    sys.modules.pop(m, None)
+out["main-after"] = main_imports()
+print(json.dumps(out))
+'''
+
+
+def _sub_kinds():
+    return ["capi"] + (["legacy", "isolated"] if sys.version_info >= (3, 12) else [])
+
+
+@pytest.mark.parametrize("order", ["main-first", "sub-first"])
+def test_subinterpreters_never_crash_and_main_keeps_the_image(venv, tree, order):
+    python, site = venv
+    src, img, cwd = tree
+    pth = os.path.join(site, importer.PTH_NAME)
+    with open(pth, "w") as fh:
+        fh.write(importer.pth_text(img))
+    try:
+        body = f"SUB_CODE = {SUB_CODE!r}\n" + SUBINTERPRETERS
+        r = run(["-c", body, order, ",".join(_sub_kinds())], cwd, python=python,
+                pythonpath=[src])
+    finally:
+        os.unlink(pth)
+    assert r.stderr == ""                  # no warning, in any interpreter
+    out = json.loads(r.stdout)
+    assert out["main-after"] == ["tree", "gh", 1, True]
+    if order == "main-first":
+        assert out["main-before"] == ["tree", "gh", 1, True]
+    for kind, sub in zip(_sub_kinds(), out["subs"]):
+        assert sub[:3] == ["[1]", "tree", "gh"], kind
+        if sys.version_info >= (3, 12):    # stepped aside: no finder at all
+            assert sub[3:] == [[], False], kind
+        else:                              # 3.11: its own finder, on its own copy
+            assert sub[3:] == [["ImageFinder"], True], kind
+
+
+EMBED_C = r'''
+#include <Python.h>
+#include <stdio.h>
+
+/* Like mod_wsgi: one process, the main interpreter and several subinterpreters alive at once,
+   each importing the same packages; on 3.12+ also subinterpreters with their own GIL. */
+static int run(PyThreadState *ts, const char *code) {
+    PyThreadState *prev = PyThreadState_Swap(ts);
+    int rc = PyRun_SimpleString(code);
+    PyThreadState_Swap(prev);
+    return rc;
+}
+
+int main(int argc, char **argv) {
+    PyConfig config;
+    PyConfig_InitPythonConfig(&config);
+    PyStatus st = PyConfig_SetBytesString(&config, &config.program_name, argv[1]);
+    if (!PyStatus_Exception(st)) st = Py_InitializeFromConfig(&config);
+    PyConfig_Clear(&config);
+    if (PyStatus_Exception(st)) { fprintf(stderr, "cannot start\n"); return 2; }
+    const char *code = argv[2];
+    PyThreadState *main_ts = PyThreadState_Get();
+    int bad = run(main_ts, code) != 0;
+    PyThreadState *subs[4];
+    int n = 0;
+    for (int i = 0; i < 3; i++) {
+        subs[n++] = Py_NewInterpreter();
+        PyThreadState_Swap(main_ts);
+    }
+#if PY_VERSION_HEX >= 0x030c0000
+    PyInterpreterConfig own = _PyInterpreterConfig_INIT;
+    PyThreadState *ts = NULL;
+    st = Py_NewInterpreterFromConfig(&ts, &own);
+    if (PyStatus_Exception(st)) { fprintf(stderr, "no own-GIL interpreter\n"); return 2; }
+    subs[n++] = ts;
+    PyThreadState_Swap(main_ts);
+#endif
+    for (int round = 0; round < 2; round++)
+        for (int i = 0; i < n; i++) bad |= run(subs[i], code) != 0;
+    bad |= run(main_ts, code) != 0;
+    for (int i = 0; i < n; i++) {
+        PyThreadState_Swap(subs[i]);
+        Py_EndInterpreter(subs[i]);
+        PyThreadState_Swap(main_ts);
+    }
+    bad |= run(main_ts, code) != 0;
+    if (Py_FinalizeEx() < 0) return 3;
+    return bad;
+}
+'''
+
+
+def test_embedded_like_mod_wsgi(venv, tree, tmp_path):
+    """A C program embeds the interpreter as mod_wsgi does; every interpreter imports the same
+    modules, each prints what it imported and through what."""
+    import sysconfig
+    python, site = venv
+    src, img, cwd = tree
+    exe = tmp_path / "embed"
+    (tmp_path / "embed.c").write_text(EMBED_C)
+    libdir = sysconfig.get_config_var("LIBDIR")
+    subprocess.run(["cc", "-o", str(exe), str(tmp_path / "embed.c"),
+                    "-I" + sysconfig.get_paths()["include"], "-L" + libdir,
+                    f"-Wl,-rpath,{libdir}", "-lpython" + sysconfig.get_config_var("LDVERSION")],
+                   check=True, timeout=300)
+    code = ("import sys, importlib\n"
+            "for m in ('mod', 'pkg', 'pkg.sub', 'pkg.inner', 'pkg.inner.helper'):\n"
+            "    sys.modules.pop(m, None)\n"
+            "import json, mod, pkg.sub\n"
+            "fs = [f for f in sys.meta_path if type(f).__name__ == 'ImageFinder']\n"
+            "print(json.dumps([mod.WHO, pkg.g(), bool(fs) and fs[0].image.owns(mod.MODCODE)]),"
+            " flush=True)\n")
+    pth = os.path.join(site, importer.PTH_NAME)
+    with open(pth, "w") as fh:
+        fh.write(importer.pth_text(img))
+    try:
+        r = subprocess.run([str(exe), python, code], cwd=cwd, capture_output=True, text=True,
+                           env=child_env([src]), timeout=300)
+    finally:
+        os.unlink(pth)
+    assert (r.returncode, r.stderr) == (0, "")
+    lines = [json.loads(line) for line in r.stdout.splitlines()]
+    subs = 4 if sys.version_info >= (3, 12) else 3
+    assert len(lines) == 2 + 2 * subs + 1
+    main = [lines[0], lines[-2], lines[-1]]
+    assert main == [["tree", "gh", True]] * 3
+    through_image = sys.version_info < (3, 12)    # 3.12+: subinterpreters step aside
+    assert lines[1:-2] == [["tree", "gh", through_image]] * (2 * subs)

@@ -15,7 +15,8 @@ ffibuilder.set_source(
     "refmarshal._accel._loader",
     '#include "rm_loader.h"\n#include "rm_writer.h"',
     # paths relative to the project root, where the package build runs this script
-    sources=["refmarshal/_accel/rm_loader.c", "refmarshal/_accel/rm_writer.c"],
+    sources=["refmarshal/_accel/rm_loader.c", "refmarshal/_accel/rm_import.c",
+             "refmarshal/_accel/rm_writer.c"],
     include_dirs=["refmarshal/_accel"],
     extra_compile_args=["-O2", "-Wall"],
     py_limited_api=False,  # it relies on one version's internal layouts: never abi3

@@ -1,29 +1,41 @@
-"""The accelerator's Python side: policy around what rm_loader.c does.
+"""The accelerator's Python side: policy around what rm_loader.c and rm_import.c do.
 
 ``AccelImage`` has the API of ``reader.ReferenceImage``.  C does the directory lookup, the
-checks and the fix-ups; Python checks the header once and caches what it handed out.  This
-module is on the import hook's path at every interpreter start, so it imports only the
-container constants (format.py), never the reference reader or writer.
+checks and the fix-ups; Python checks the header once.  ``get_code`` (and the import hook's
+``find_spec`` and ``get_code``) are C methods (rm_import.c), so loading a module runs no Python
+frame.  This module is on the import hook's path at every interpreter start, so it imports only
+the container constants (format.py), never the reference reader or writer.
 """
 
 import os
 import sys
-from _thread import RLock
 
 from .. import format as F
+from .._startup import in_main_interpreter
 from ..errors import ImageError
-from ._loader import ffi, lib
+
+if not in_main_interpreter():    # why: _startup.in_main_interpreter
+    raise ImportError("the refmarshal accelerator works in the main interpreter only")
+
+from ._loader import ffi, lib  # noqa: E402
 
 if lib.rm_python_version() >> 16 != sys.hexversion >> 16:
     raise ImportError("refmarshal accelerator was built for another Python version")
 
-# rm_load_module hands its result over by appending it here (cffi has no PyObject* return).
-# cffi releases the GIL around the call, so another thread could append in between: each
-# call and its pop happen under this lock.
-_inbox = []
-_inbox_lock = RLock()
-if lib.rm_bind_inbox(__name__.encode(), b"_inbox") != 0:
-    raise ImportError("refmarshal accelerator: cannot bind its result list")
+
+def address(obj):
+    """obj as C sees it, for the functions that take Python objects (cffi has no PyObject*
+    arguments): CPython's id() is the object's address.  The caller keeps obj alive."""
+    return ffi.cast("void *", id(obj))
+
+
+def install_method(cls, key):
+    """Make cls's method (key "Class.method", as listed in rm_import.c) the C one, once: a
+    wrapper put there later (the profiler's) stays.  cls must not define it in Python."""
+    if key.split(".")[1] in vars(cls):
+        return
+    if lib.rm_install_method(address(cls), key.encode()) != 0:
+        raise ImportError(f"refmarshal accelerator: cannot install {key}")
 
 _ERRLEN = 256
 # How the image's bytes are brought into memory (rm_loader.h); benchmarks compare them.  Small
@@ -65,8 +77,11 @@ class AccelImage:
             lib.rm_close(handle)
             raise ImageError(f"{self.path}: {exc}") from None
         self.sections = self.header["sections"]
-        self._codes = {}
         self._entries = {}
+        io = [self.path, ImageError]
+        if lib.rm_image_capsule(handle, address(io)) != 0:
+            raise ImageError(f"{self.path}: out of memory")
+        self._capsule = io[2]      # what the C methods reach the image through
 
     def __del__(self):
         # rm_close keeps the memory while any module's code lives in it ([LOAD-4])
@@ -123,21 +138,17 @@ class AccelImage:
             found = self._entries[name] = (index, self._entry_at(index))
         return found[1]
 
-    def get_code(self, name):
-        """The module's code object, living in the image's memory (KeyError when absent)."""
-        code = self._codes.get(name)
-        if code is not None:
-            return code
-        found = self._entries.get(name)
-        with _inbox_lock:
-            if found is not None:
-                rc = lib.rm_load_module(self._handle, found[0], self._err, _ERRLEN)
-            else:
-                key = name.encode("utf-8")
-                rc = lib.rm_get_code(self._handle, key, len(key), self._err, _ERRLEN)
-                if rc == -1:
-                    raise KeyError(name)
-            if rc != 0:
-                raise ImageError(f"{self.path}: module {name}: {self._error()}")
-            code = self._codes[name] = _inbox.pop()
-        return code
+    # get_code(name): the module's code object, living in the image's memory (KeyError when
+    # absent): a C method, installed below.
+
+    def new_hook(self, checked, failed, path_finder, source_loader, loader_type, on_error):
+        """The C state of an import hook on this image (rm_import.c): (its rm_hook, which Python
+        reads and sets, and the capsule that owns it, which the C methods use)."""
+        io = [self, failed, path_finder, source_loader, loader_type, on_error]
+        hook = lib.rm_hook_new(int(checked), address(io))
+        if hook == ffi.NULL:
+            raise ImageError(f"{self.path}: cannot set up the import hook")
+        return hook, io[6]
+
+
+install_method(AccelImage, "AccelImage.get_code")

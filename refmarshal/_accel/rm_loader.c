@@ -72,13 +72,17 @@ struct rm_image {
     unsigned char *page_ready;    /* per PAGE_UNIT: 1 once read from the file */
     uint64_t bytes_read;          /* how much of the file has been read so far */
     PyObject **strings;           /* resolved strings, by index (NULL: not yet) */
-    unsigned char *state;         /* per module: 0 not loaded, 1 loaded, 2 failed */
+    unsigned char *state;         /* per module: LOAD_* below */
     int pinned;                   /* something in the region was handed to the interpreter
                                      (a string interned, a module loaded): never release it */
 };
 
-static PyObject *inbox;           /* a Python list: rm_load_module appends the code object */
+/* The running interpreter's singletons, by id (spec 5.4).  Process-wide, and shared by every
+   interpreter: on 3.11-3.13 all of them are runtime-wide static or immortal objects (None, True,
+   small ints, the empty tuple/bytes/str, the latin-1 characters and bytes). */
 static PyObject *singletons[C_END];
+
+enum { LOAD_NOT_YET, LOAD_DONE, LOAD_FAILED, LOAD_BUSY };   /* rm_image.state[i] */
 
 /* ---- CRC-32 as zlib computes it ([CONV-5]) --------------------------------------------- *
  * Checking a module's bytes is a large part of loading it, so it is done 16 bytes at a time
@@ -229,10 +233,6 @@ int rm_bind_list(const char *module, const char *attr, PyObject **slot) {
     if (ok) { Py_XSETREF(*slot, l); } else { Py_XDECREF(l); PyErr_Clear(); }
     PyGILState_Release(g);
     return ok ? 0 : -1;
-}
-
-int rm_bind_inbox(const char *module, const char *attr) {
-    return rm_bind_list(module, attr, &inbox);
 }
 
 /* ---- Bringing bytes in ------------------------------------------------------------------ */
@@ -390,7 +390,7 @@ static const unsigned char *entry_name(rm_image *img, uint32_t i, uint32_t *len,
 }
 
 /* Entry i, fully checked ([DIR-1]): its fields into *out.  Called with the GIL held. */
-static int check_entry(rm_image *img, uint32_t i, rm_entry_info *out, char *err, int errlen) {
+int rm__check_entry(rm_image *img, uint32_t i, rm_entry_info *out, char *err, int errlen) {
     int rc = -1;
     uint32_t n_len;
     if (i >= img->nmodules) FAIL("no directory entry %u", i);
@@ -426,14 +426,14 @@ fail:
 
 int rm_entry(rm_image *img, unsigned int i, rm_entry_info *out, char *err, int errlen) {
     PyGILState_STATE g = PyGILState_Ensure();   /* chunks are read under the GIL */
-    int rc = check_entry(img, i, out, err, errlen);
+    int rc = rm__check_entry(img, i, out, err, errlen);
     PyGILState_Release(g);
     return rc;
 }
 
 /* Binary search by name bytes ([DIR-2]: sorted by UTF-8 bytes).  Returns the index, -1 when
    the image has no such module, -2 on a malformed image (message in err).  GIL held. */
-static int find(rm_image *img, const char *name, size_t len, char *err, int errlen) {
+int rm__find(rm_image *img, const char *name, size_t len, char *err, int errlen) {
     int rc = -1;
     uint32_t lo = 0, hi = img->nmodules;
     while (lo < hi) {
@@ -450,7 +450,7 @@ static int find(rm_image *img, const char *name, size_t len, char *err, int errl
 
 int rm_find(rm_image *img, const char *name, size_t len, char *err, int errlen) {
     PyGILState_STATE g = PyGILState_Ensure();
-    int rc = find(img, name, len, err, errlen);
+    int rc = rm__find(img, name, len, err, errlen);
     PyGILState_Release(g);
     return rc;
 }
@@ -529,20 +529,30 @@ static int init_code_object(PyCodeObject *co) {
 }
 
 /* ---- Loading one module ([LOAD-1]) ------------------------------------------------------ */
-/* Appends module `index`'s root code object to the inbox; GIL held. */
-static int load_module(rm_image *img, uint32_t index, char *err, int errlen) {
+/* Module `index`'s root code object (a borrowed reference: the image owns it forever), or NULL
+   with the reason in err.  GIL held, and only the GIL: nothing here releases it on purpose, but a
+   garbage collection or a code watcher can run Python code (and so switch threads) while a module
+   is half fixed up; such a module is LOAD_BUSY, and another request for it fails instead of
+   touching it (the import system's module locks make that rare: only direct Image.get_code calls
+   can meet it). */
+PyObject *rm__load(rm_image *img, uint32_t index, char *err, int errlen) {
     int rc = -1;
     rm_entry_info info;
     if (index >= img->nmodules) FAIL("no module %u", index);
-    if (img->state[index] == 2) FAIL("module failed to load before");
-    if (check_entry(img, index, &info, err, errlen) < 0) goto fail;
+    if (img->state[index] == LOAD_FAILED) FAIL("module failed to load before");
+    if (img->state[index] == LOAD_BUSY) {   /* someone else's: leave its state alone */
+        snprintf(err, errlen, "module is being loaded by another thread");
+        return NULL;
+    }
+    if (rm__check_entry(img, index, &info, err, errlen) < 0) goto fail;
     uint64_t seg_off = info.seg_off;
     uint32_t seg_size = info.seg_size, root = info.root;
     uint32_t r_index = info.reloc_index, r_count = info.reloc_count, r_nonptr = info.reloc_nonptr;
     unsigned char *seg = img->base + seg_off;
     const uint32_t *rel = (const uint32_t *)(img->base + img->rel_off) + r_index;
     PyObject *root_obj = (PyObject *)(seg + root);
-    if (img->state[index] == 1) goto done;
+    if (img->state[index] == LOAD_DONE) return root_obj;
+    img->state[index] = LOAD_BUSY;
 
     if (seg_off < img->mheap_off || seg_off + seg_size > img->mheap_off + img->mheap_size
         || seg_off % 8 || root >= seg_size || root % 8 || r_nonptr > r_count
@@ -555,7 +565,7 @@ static int load_module(rm_image *img, uint32_t index, char *err, int errlen) {
     if (crc32_update(crc32_update(0, seg, seg_size), (const unsigned char *)rel, (size_t)r_count * 4)
         != info.data_crc)
         FAIL("segment checksum mismatch");
-    if (!inbox || init_singletons() < 0) FAIL("accelerator not initialised");
+    if (init_singletons() < 0) FAIL("accelerator not initialised");
 
     /* Pass 1: validate every record; nothing is written yet.  Records are sorted by (kind,
        slot) ([REL-3]), so each kind is one run: first[k] .. first[k+1]. */
@@ -622,30 +632,12 @@ static int load_module(rm_image *img, uint32_t index, char *err, int errlen) {
         }
     }
     if (Py_TYPE(root_obj) != &PyCode_Type) FAIL("root is not a code object");
-    img->state[index] = 1;
-done:
-    if (PyList_Append(inbox, root_obj) < 0) { PyErr_Clear(); FAIL("out of memory"); }
+    img->state[index] = LOAD_DONE;
     rc = 0;
 fail:
-    if (rc < 0 && index < img->nmodules && img->state[index] != 1) img->state[index] = 2;
-    return rc;
-}
-
-int rm_load_module(rm_image *img, unsigned int index, char *err, int errlen) {
-    PyGILState_STATE g = PyGILState_Ensure();
-    int rc = load_module(img, index, err, errlen);
-    PyGILState_Release(g);
-    return rc;
-}
-
-/* Lookup and load in one call (the importer's hot path).  0: the code object is in the inbox;
-   -1: no such module; -2: error (message in err). */
-int rm_get_code(rm_image *img, const char *name, size_t len, char *err, int errlen) {
-    PyGILState_STATE g = PyGILState_Ensure();
-    int rc = find(img, name, len, err, errlen);
-    if (rc >= 0) rc = load_module(img, (uint32_t)rc, err, errlen) < 0 ? -2 : 0;
-    PyGILState_Release(g);
-    return rc;
+    if (rc < 0 && index < img->nmodules && img->state[index] != LOAD_DONE)
+        img->state[index] = LOAD_FAILED;
+    return rc < 0 ? NULL : root_obj;
 }
 
 /* The interpreter version this file was compiled for: Python refuses a mismatched build. */

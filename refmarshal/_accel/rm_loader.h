@@ -1,6 +1,6 @@
 /* The accelerator's interface, as cffi sees it (build_accel.py cdefs the same declarations).
  * Reading order: rm_loader.h, then rm_loader.c from the top (version block, CRC, memory,
- * directory, strings, loading). */
+ * directory, strings, loading), then rm_import.c (what the import system calls). */
 typedef struct rm_image rm_image;
 
 /* How rm_open brings the file's bytes into memory.  Images are read on demand into anonymous
@@ -22,7 +22,6 @@ typedef struct {
     unsigned int seg_size, root, reloc_index, reloc_count, reloc_nonptr, data_crc;
 } rm_entry_info;
 
-int rm_bind_inbox(const char *module, const char *attr);
 rm_image *rm_open(const char *path, int mode, char *err, int errlen);
 void rm_close(rm_image *img);
 const unsigned char *rm_base(rm_image *img);
@@ -32,8 +31,22 @@ unsigned int rm_module_count(rm_image *img);
 unsigned long long rm_bytes_read(rm_image *img);
 int rm_entry(rm_image *img, unsigned int index, rm_entry_info *out, char *err, int errlen);
 int rm_find(rm_image *img, const char *name, size_t len, char *err, int errlen);
-int rm_load_module(rm_image *img, unsigned int index, char *err, int errlen);
-int rm_get_code(rm_image *img, const char *name, size_t len, char *err, int errlen);
 unsigned int rm_crc32(unsigned int crc, const unsigned char *p, size_t n);
 int rm_crc32_uses_clmul(void);
 unsigned long rm_python_version(void);
+
+/* rm_import.c: the methods the import system calls (find_spec, get_code) are C methods,
+ * installed on the Python classes; Python objects cross by address (id()), since cffi has no
+ * PyObject* arguments.  An rm_hook is one ImageFinder's state: Python reads and sets the first
+ * four fields; its capsule (appended to io by rm_hook_new) owns it. */
+typedef struct {
+    int checked;
+    int disabled;
+    long long hits;
+    long long fallbacks;
+    void *priv;
+} rm_hook;
+
+int rm_install_method(void *cls, const char *key);
+int rm_image_capsule(rm_image *img, void *io);
+rm_hook *rm_hook_new(int checked, void *io);
