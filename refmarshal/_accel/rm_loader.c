@@ -529,115 +529,183 @@ static int init_code_object(PyCodeObject *co) {
 }
 
 /* ---- Loading one module ([LOAD-1]) ------------------------------------------------------ */
+/* One module being loaded: its checked directory entry and where its bytes are. */
+typedef struct {
+    rm_image *img;
+    rm_entry_info info;
+    unsigned char *seg;           /* the segment, in the region */
+    const uint32_t *rel;          /* its relocation records */
+    uint32_t first[R_KINDS + 1];  /* records are sorted by (kind, slot) ([REL-3]): those of
+                                     kind k are first[k] .. first[k+1] - 1 */
+} module_load;
+
+#define SLOT_AT(m, i) ((PyObject **)((m)->seg + (uint64_t)((m)->rel[i] >> 3) * 8))
+
+/* The segment and its relocations inside their sections, read in, and their checksum. */
+static int bring_in(module_load *m, char *err, int errlen) {
+    int rc = -1;
+    rm_image *img = m->img;
+    const rm_entry_info *e = &m->info;
+    if (e->seg_off < img->mheap_off || e->seg_off + e->seg_size > img->mheap_off + img->mheap_size
+        || e->seg_off % 8 || e->root >= e->seg_size || e->root % 8
+        || e->reloc_nonptr > e->reloc_count
+        || ((uint64_t)e->reloc_index + e->reloc_count) * 4 > img->rel_size)
+        FAIL("directory entry out of bounds");
+    uint64_t rel_off = img->rel_off + (uint64_t)e->reloc_index * 4;
+    uint64_t rel_size = (uint64_t)e->reloc_count * 4;
+    if (ensure(img, e->seg_off, e->seg_size, PAGE_UNIT, err, errlen) < 0
+        || ensure(img, rel_off, rel_size, PAGE_UNIT, err, errlen) < 0)
+        goto fail;
+    if (crc32_update(crc32_update(0, m->seg, e->seg_size), (const unsigned char *)m->rel, rel_size)
+        != e->data_crc)
+        FAIL("segment checksum mismatch");
+    rc = 0;
+fail:
+    return rc;
+}
+
+/* Pass 1: every record checked, nothing written yet; fills m->first. */
+static int validate_relocations(module_load *m, char *err, int errlen) {
+    int rc = -1;
+    const rm_entry_info *e = &m->info;
+    uint64_t lo = m->img->preferred + e->seg_off, hi = lo + e->seg_size;
+    uint32_t prev_key = 0;
+    memset(m->first, 0, sizeof m->first);
+    for (uint32_t i = 0; i < e->reloc_count; i++) {
+        uint32_t slot = m->rel[i] >> 3, kind = m->rel[i] & 7, key = (kind << 29) | slot;
+        uint64_t v;
+        if (kind > R_PTR) FAIL("relocation %u: unknown kind", i);
+        if (i && key <= prev_key) FAIL("relocation %u: out of order", i);
+        prev_key = key;
+        if ((uint64_t)slot * 8 + 8 > e->seg_size)
+            FAIL("relocation %u: slot outside the segment", i);
+        memcpy(&v, m->seg + (uint64_t)slot * 8, 8);
+        switch (kind) {
+        case R_TYPE:
+            if (v < T_BYTES || v > T_CODE) FAIL("relocation %u: bad type code", i);
+            break;
+        case R_CONST:
+            if (v >= C_END || (v >= 7 && v < C_SMALL_INT)
+                || (v > C_SMALL_INT + 261 && v < C_LATIN1))
+                FAIL("relocation %u: bad singleton id", i);
+            break;
+        case R_STR:
+            if (v >= m->img->nstrings) FAIL("relocation %u: bad string index", i);
+            break;
+        default:
+            if (v < lo || v >= hi) FAIL("relocation %u: pointer outside", i);
+            break;
+        }
+        for (uint32_t k = kind + 1; k <= R_KINDS; k++) m->first[k] = i + 1;
+    }
+    if (m->first[R_PTR] != e->reloc_nonptr) FAIL("relocation counts do not match the directory");
+    rc = 0;
+fail:
+    return rc;
+}
+
+/* The module's strings, resolved before anything in the segment is written: they can fail
+   (checksums).  Prefetching a few ahead overlaps their cache misses (they are scattered). */
+static int resolve_strings(module_load *m, char *err, int errlen) {
+    rm_image *img = m->img;
+    uint32_t end = m->first[R_STR + 1];
+    for (uint32_t i = m->first[R_STR]; i < end; i++) {
+        if (i + 8 < end) {
+            uint64_t ahead = rd64((unsigned char *)SLOT_AT(m, i + 8));
+            __builtin_prefetch(&img->strings[ahead]);
+            __builtin_prefetch(img->base + img->sidx_off + ahead * STRING_SIZE);
+        }
+        if (!resolve_string(img, rd64((unsigned char *)SLOT_AT(m, i)), err, errlen)) return -1;
+    }
+    return 0;
+}
+
+/* Pass 2: type words, singletons, strings, and pointers when the region is not at its
+   preferred base.  Cannot fail: pass 1 checked every value. */
+static void apply_relocations(module_load *m) {
+    static PyTypeObject *types[T_CODE + 1];
+    if (!types[T_STR]) {
+        types[T_STR] = &PyUnicode_Type; types[T_BYTES] = &PyBytes_Type;
+        types[T_TUPLE] = &PyTuple_Type; types[T_INT] = &PyLong_Type;
+        types[T_FLOAT] = &PyFloat_Type; types[T_COMPLEX] = &PyComplex_Type;
+        types[T_CODE] = &PyCode_Type;
+    }
+    const uint32_t *first = m->first;
+    PyObject **w;
+    for (uint32_t i = first[R_TYPE]; i < first[R_TYPE + 1]; i++)
+        w = SLOT_AT(m, i), *w = (PyObject *)types[(uintptr_t)*w];
+    for (uint32_t i = first[R_CONST]; i < first[R_CONST + 1]; i++)
+        w = SLOT_AT(m, i), *w = singletons[(uintptr_t)*w];
+    for (uint32_t i = first[R_STR]; i < first[R_STR + 1]; i++)
+        w = SLOT_AT(m, i), *w = m->img->strings[(uintptr_t)*w];
+    int64_t delta = (int64_t)((uintptr_t)m->img->base - m->img->preferred);
+    if (delta)   /* FROZENSET words point at their tuple: relocated like PTR words */
+        for (uint32_t i = first[R_FROZENSET]; i < first[R_KINDS]; i++)
+            w = SLOT_AT(m, i), *w = (PyObject *)((uintptr_t)*w + delta);
+}
+
+/* Frozensets ([OBJ-9]): built from their (now fixed-up) tuples, owned by the image forever. */
+static int build_frozensets(module_load *m, char *err, int errlen) {
+    int rc = -1;
+    for (uint32_t i = m->first[R_FROZENSET]; i < m->first[R_FROZENSET + 1]; i++) {
+        PyObject **w = SLOT_AT(m, i);
+        PyObject *fs = PyFrozenSet_New(*w);
+        if (!fs) { PyErr_Clear(); FAIL("cannot build a frozenset"); }
+        *w = fs;
+    }
+    rc = 0;
+fail:
+    return rc;
+}
+
+/* What creating each code object does beyond its stored fields ([LOAD-3]). */
+static int init_code_objects(module_load *m, char *err, int errlen) {
+    int rc = -1;
+    for (uint32_t i = m->first[R_TYPE]; i < m->first[R_TYPE + 1]; i++) {
+        PyObject *o = (PyObject *)((unsigned char *)SLOT_AT(m, i) - 8);   /* type word at +8 */
+        if (Py_TYPE(o) == &PyCode_Type && init_code_object((PyCodeObject *)o) < 0) {
+            PyErr_Clear();
+            FAIL("cannot initialise a code object");
+        }
+    }
+    rc = 0;
+fail:
+    return rc;
+}
+
 /* Module `index`'s root code object (a borrowed reference: the image owns it forever), or NULL
    with the reason in err.  GIL held, and only the GIL: nothing here releases it on purpose, but a
    garbage collection or a code watcher can run Python code (and so switch threads) while a module
    is half fixed up; such a module is LOAD_BUSY, and another request for it fails instead of
    touching it (the import system's module locks make that rare: only direct Image.get_code calls
-   can meet it). */
+   can meet it).  A module that fails is LOAD_FAILED from then on: it may be half written. */
 PyObject *rm__load(rm_image *img, uint32_t index, char *err, int errlen) {
-    int rc = -1;
-    rm_entry_info info;
+    module_load m = {.img = img};
     if (index >= img->nmodules) FAIL("no module %u", index);
     if (img->state[index] == LOAD_FAILED) FAIL("module failed to load before");
     if (img->state[index] == LOAD_BUSY) {   /* someone else's: leave its state alone */
         snprintf(err, errlen, "module is being loaded by another thread");
         return NULL;
     }
-    if (rm__check_entry(img, index, &info, err, errlen) < 0) goto fail;
-    uint64_t seg_off = info.seg_off;
-    uint32_t seg_size = info.seg_size, root = info.root;
-    uint32_t r_index = info.reloc_index, r_count = info.reloc_count, r_nonptr = info.reloc_nonptr;
-    unsigned char *seg = img->base + seg_off;
-    const uint32_t *rel = (const uint32_t *)(img->base + img->rel_off) + r_index;
-    PyObject *root_obj = (PyObject *)(seg + root);
-    if (img->state[index] == LOAD_DONE) return root_obj;
+    if (rm__check_entry(img, index, &m.info, err, errlen) < 0) goto fail;
+    m.seg = img->base + m.info.seg_off;
+    m.rel = (const uint32_t *)(img->base + img->rel_off) + m.info.reloc_index;
+    PyObject *root = (PyObject *)(m.seg + m.info.root);
+    if (img->state[index] == LOAD_DONE) return root;
     img->state[index] = LOAD_BUSY;
-
-    if (seg_off < img->mheap_off || seg_off + seg_size > img->mheap_off + img->mheap_size
-        || seg_off % 8 || root >= seg_size || root % 8 || r_nonptr > r_count
-        || ((uint64_t)r_index + r_count) * 4 > img->rel_size)
-        FAIL("directory entry out of bounds");
-    if (ensure(img, seg_off, seg_size, PAGE_UNIT, err, errlen) < 0
-        || ensure(img, img->rel_off + (uint64_t)r_index * 4, (uint64_t)r_count * 4, PAGE_UNIT,
-                  err, errlen) < 0)
-        goto fail;
-    if (crc32_update(crc32_update(0, seg, seg_size), (const unsigned char *)rel, (size_t)r_count * 4)
-        != info.data_crc)
-        FAIL("segment checksum mismatch");
+    if (bring_in(&m, err, errlen) < 0 || validate_relocations(&m, err, errlen) < 0) goto fail;
     if (init_singletons() < 0) FAIL("accelerator not initialised");
-
-    /* Pass 1: validate every record; nothing is written yet.  Records are sorted by (kind,
-       slot) ([REL-3]), so each kind is one run: first[k] .. first[k+1]. */
-    uint64_t lo = img->preferred + seg_off, hi = lo + seg_size;
-    uint32_t first[R_PTR + 2] = {0}, prev_key = 0;
-    for (uint32_t i = 0; i < r_count; i++) {
-        uint32_t slot = rel[i] >> 3, kind = rel[i] & 7, key = (kind << 29) | slot;
-        uint64_t v;
-        if (kind > R_PTR) FAIL("relocation %u: unknown kind", i);
-        if (i && key <= prev_key) FAIL("relocation %u: out of order", i);
-        prev_key = key;
-        if ((uint64_t)slot * 8 + 8 > seg_size) FAIL("relocation %u: slot outside the segment", i);
-        memcpy(&v, seg + (uint64_t)slot * 8, 8);
-        switch (kind) {
-        case R_TYPE: if (v < T_BYTES || v > T_CODE) FAIL("relocation %u: bad type code", i); break;
-        case R_CONST: if (v >= C_END || (v >= 7 && v < C_SMALL_INT) || (v > C_SMALL_INT + 261 && v < C_LATIN1))
-                          FAIL("relocation %u: bad singleton id", i);
-                      break;
-        case R_STR: if (v >= img->nstrings) FAIL("relocation %u: bad string index", i); break;
-        default: if (v < lo || v >= hi) FAIL("relocation %u: pointer outside", i); break;
-        }
-        for (uint32_t k = kind + 1; k <= R_PTR + 1; k++) first[k] = i + 1;
-    }
-    if (first[R_PTR] != r_nonptr) FAIL("relocation counts do not match the directory");
-    /* Strings first: they can fail (checksums), and nothing in the segment is written yet.
-       Prefetching a few strings ahead overlaps their cache misses (they are scattered). */
-    for (uint32_t i = first[R_STR]; i < first[R_STR + 1]; i++) {
-        if (i + 8 < first[R_STR + 1]) {
-            uint64_t ahead = rd64(seg + (uint64_t)(rel[i + 8] >> 3) * 8);
-            __builtin_prefetch(&img->strings[ahead]);
-            __builtin_prefetch(img->base + img->sidx_off + ahead * STRING_SIZE);
-        }
-        if (!resolve_string(img, rd64(seg + (uint64_t)(rel[i] >> 3) * 8), err, errlen)) goto fail;
-    }
-    /* Pass 2: apply.  PTR records only when the region is not at its preferred base. */
-    static PyTypeObject *types[8];
-    if (!types[1]) {
-        types[T_STR] = &PyUnicode_Type; types[T_BYTES] = &PyBytes_Type;
-        types[T_TUPLE] = &PyTuple_Type; types[T_INT] = &PyLong_Type;
-        types[T_FLOAT] = &PyFloat_Type; types[T_COMPLEX] = &PyComplex_Type;
-        types[T_CODE] = &PyCode_Type;
-    }
-    int64_t delta = (int64_t)((uintptr_t)img->base - img->preferred);
-    PyObject **w;
-#define SLOT(i) (w = (PyObject **)(seg + (uint64_t)(rel[i] >> 3) * 8))
-    for (uint32_t i = first[R_TYPE]; i < first[R_TYPE + 1]; i++) SLOT(i), *w = (PyObject *)types[(uintptr_t)*w];
-    for (uint32_t i = first[R_CONST]; i < first[R_CONST + 1]; i++) SLOT(i), *w = singletons[(uintptr_t)*w];
-    for (uint32_t i = first[R_STR]; i < first[R_STR + 1]; i++) SLOT(i), *w = img->strings[(uintptr_t)*w];
-    if (delta)
-        for (uint32_t i = first[R_FROZENSET]; i < r_count; i++) SLOT(i), *w = (PyObject *)((uintptr_t)*w + delta);
-    /* Frozensets ([OBJ-9]): built from their (now fixed-up) tuples. */
-    for (uint32_t i = first[R_FROZENSET]; i < first[R_FROZENSET + 1]; i++) {
-        SLOT(i);
-        PyObject *fs = PyFrozenSet_New(*w);
-        if (!fs) { PyErr_Clear(); FAIL("cannot build a frozenset"); }
-        *w = fs;                     /* owned by the image forever */
-    }
-#undef SLOT
-    for (uint32_t i = first[R_TYPE]; i < first[R_TYPE + 1]; i++) {
-        PyObject *o = (PyObject *)(seg + (uint64_t)(rel[i] >> 3) * 8 - 8);
-        if (Py_TYPE(o) == &PyCode_Type && init_code_object((PyCodeObject *)o) < 0) {
-            PyErr_Clear();
-            FAIL("cannot initialise a code object");
-        }
-    }
-    if (Py_TYPE(root_obj) != &PyCode_Type) FAIL("root is not a code object");
+    if (resolve_strings(&m, err, errlen) < 0) goto fail;
+    apply_relocations(&m);
+    if (build_frozensets(&m, err, errlen) < 0 || init_code_objects(&m, err, errlen) < 0)
+        goto fail;
+    if (Py_TYPE(root) != &PyCode_Type) FAIL("root is not a code object");
     img->state[index] = LOAD_DONE;
-    rc = 0;
+    return root;
 fail:
-    if (rc < 0 && index < img->nmodules && img->state[index] != LOAD_DONE)
+    if (index < img->nmodules && img->state[index] != LOAD_DONE)
         img->state[index] = LOAD_FAILED;
-    return rc < 0 ? NULL : root_obj;
+    return NULL;
 }
 
 /* The interpreter version this file was compiled for: Python refuses a mismatched build. */
