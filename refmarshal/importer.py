@@ -18,7 +18,8 @@ import os
 import sys
 # The same objects importlib.machinery exports; importing that package at start-up costs about
 # a millisecond (on 3.12 it imports warnings), while the frozen module is always loaded.
-from _frozen_importlib_external import PathFinder, SourceFileLoader
+from _frozen_importlib_external import (FileFinder, PathFinder, SourceFileLoader, _path_stat,
+                                        spec_from_file_location)
 
 from ._startup import PendingFinder, default_image_path, in_main_interpreter
 from .errors import RefmarshalWarning
@@ -75,8 +76,10 @@ class ImageFinder:
         self.image = image
         self.path = image.path
         self._failed = set()       # modules that failed to load: stock from then on
-        self._c, self._hook = image.new_hook(checked, self._failed, PathFinder,
-                                             SourceFileLoader, ImageLoader, _warn_in_import)
+        self._validated = set()    # FileFinders whose listing find_spec checked (rm_import.c)
+        self._c, self._hook = image.new_hook(
+            checked, self._failed, PathFinder, SourceFileLoader, ImageLoader, _warn_in_import,
+            FileFinder, spec_from_file_location, _path_stat, self._validated)
 
     def __repr__(self):
         state = "disabled" if self.disabled else "checked" if self.checked else "unchecked"
@@ -99,6 +102,16 @@ class ImageFinder:
     @property
     def hits(self):
         return self._c.hits
+
+    @property
+    def direct(self):
+        """Specs found without asking PathFinder (rm_import.c: find_directly)."""
+        return self._c.direct
+
+    def invalidate_caches(self):
+        """importlib.invalidate_caches() calls it: every directory listing is checked again
+        against its directory at its next use."""
+        self._validated.clear()
 
     @property
     def fallbacks(self):

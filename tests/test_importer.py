@@ -1134,3 +1134,150 @@ def test_embedded_like_mod_wsgi(venv, tree, tmp_path):
     assert main == [["tree", "gh", True]] * 3
     through_image = sys.version_info < (3, 12)    # 3.12+: subinterpreters step aside
     assert lines[1:-2] == [["tree", "gh", through_image]] * (2 * subs)
+
+
+# ---------------------------------------------------------------------------------------
+# Finding without PathFinder (rm_import.c: find_directly): the spec is built directly when
+# FileFinder's own listings prove stock would find the recorded file; otherwise PathFinder
+# decides.  Each case runs stock and checked and compares; `direct` says which way it went.
+
+FIND = '''
+    import importlib, importlib.util, pkgutil, os
+    setup = sys.argv[3]
+    names = sys.argv[4].split(",")
+    exec(setup)
+    out = []
+    for name in names:
+        try:
+            m = importlib.import_module(name)
+        except ImportError as exc:
+            out.append(["ImportError", str(exc)])
+            continue
+        spec = m.__spec__
+        out.append([m.__file__, getattr(m, "WHO", getattr(m, "DEEP", getattr(m, "H", None))),
+                    owned(m), spec.origin, spec.cached, spec.has_location, spec.parent,
+                    spec.submodule_search_locations and list(spec.submodule_search_locations),
+                    type(spec.loader).__name__, m.__cached__])
+    ours = os.path.dirname(importlib.util.find_spec("refmarshal").origin)   # install()'s own
+    cache = sorted(k for k, v in sys.path_importer_cache.items()
+                   if v is not None and type(v).__name__ == "FileFinder"
+                   and not k.startswith(ours))
+    emit(dict(out=out, cache=cache, direct=finder and finder.direct,
+              hits=finder and finder.hits))
+'''
+
+
+def find_both(tree_, setup, names, *, flags=(), pythonpath=None, cwd=None):
+    src, img, default_cwd = tree_
+    out = {}
+    for mode in ("stock", "checked"):
+        r = script(FIND, mode, img, cwd or default_cwd, textwrap.dedent(setup), ",".join(names),
+                   flags=flags, pythonpath=[src] if pythonpath is None else pythonpath)
+        assert r.stderr == "", r.stderr
+        out[mode] = json.loads(r.stdout)
+    stock, mine = out["stock"], out["checked"]
+    assert [o[:2] + o[3:] for o in mine["out"]] == [o[:2] + o[3:] for o in stock["out"]]
+    assert mine["cache"] == stock["cache"]        # sys.path_importer_cache as stock leaves it
+    return stock, mine
+
+
+ALL = ["mod", "pkg", "pkg.sub", "pkg.inner", "pkg.inner.helper", "pkg.inner.deep", "ns.portion"]
+
+
+def test_FIND_plain_imports_are_found_directly(tree):
+    stock, mine = find_both(tree, "", ALL)
+    assert [o[2] for o in mine["out"]] == [True] * len(ALL)
+    assert mine["direct"] == mine["hits"] == len(ALL)
+
+
+@pytest.mark.parametrize("how", ["insert", "pythonpath", "cwd", "append-after", "reorder"])
+def test_FIND_earlier_directories_shadow(tree, how):
+    """A module of the same name in a directory searched first wins, however the directory got
+    there; one searched later does not."""
+    src, img, cwd = tree
+    other = write_tree(cwd.parent / "other", {"mod.py": MODCODE + "WHO = 'other'\n",
+                                              "pkg/__init__.py": MODCODE + "WHO = 'other'\n"})
+    setup = {"insert": f"sys.path.insert(0, {str(other)!r})",
+             "pythonpath": "", "cwd": "", "append-after": f"sys.path.append({str(other)!r})",
+             "reorder": f"sys.path.remove({str(src)!r}); sys.path.append({str(src)!r}); "
+                        f"sys.path.insert(0, {str(other)!r})"}[how]
+    kw = {}
+    if how == "pythonpath":
+        kw["pythonpath"] = [other, src]
+    if how == "cwd":
+        kw["cwd"] = other
+    stock, mine = find_both(tree, setup, ["mod", "pkg", "pkg.sub"], **kw)
+    if how == "append-after":
+        assert [o[1] for o in stock["out"]] == ["tree", None, None]
+        assert mine["direct"] == mine["hits"] == 5 and [o[2] for o in mine["out"]] == [True] * 3
+    else:       # other's pkg has no sub.py
+        assert [o[1] for o in stock["out"][:2]] == ["other", "other"]
+        assert stock["out"][2][0] == "ImportError"
+        assert [o[2] for o in mine["out"][:2]] == [False, False] and mine["direct"] == 0
+
+
+def test_FIND_created_after_the_build_and_after_invalidate_caches(tree):
+    """A module created in an earlier directory after the build shadows it; one created while
+    the process runs is seen after importlib.invalidate_caches(), as stock documents."""
+    src, img, cwd = tree
+    early = cwd.parent / "early"
+    early.mkdir()
+    (early / "pkg").mkdir()
+    setup = f'''
+        sys.path.insert(0, {str(early)!r})
+        import pkg.inner.helper
+        with open(os.path.join({str(early)!r}, "mod.py"), "w") as fh:
+            fh.write({MODCODE!r} + "WHO = 'new'\\n")
+        with open(os.path.join({str(src)!r}, "pkg", "inner", "deep.py"), "w") as fh:
+            fh.write({MODCODE!r} + "DEEP = 'edited'\\n")
+        importlib.invalidate_caches()
+    '''
+    stock, mine = find_both(tree, setup, ["mod", "pkg.inner.deep", "pkg.inner"])
+    assert [o[1] for o in stock["out"]] == ["new", "edited", None]
+    assert [o[2] for o in mine["out"]] == [False, False, True]
+
+
+def test_FIND_namespace_portions_and_extend_path(tree):
+    src, img, cwd = tree
+    plug = write_tree(cwd.parent / "plug", {"pkg/inner/extra.py": MODCODE + "WHO = 'plug'\n",
+                                            "pkg/inner/deep.py": MODCODE + "DEEP = 'plug'\n",
+                                            "ns/other.py": MODCODE + "WHO = 'ns'\n"})
+    setup = f'''
+        import pkg.inner
+        pkg.inner.__path__.insert(0, {str(plug / "pkg" / "inner")!r})   # a plugin directory
+        sys.path.append({str(plug)!r})
+    '''
+    stock, mine = find_both(tree, setup, ["pkg.inner.extra", "pkg.inner.deep", "ns.portion",
+                                          "ns.other"])
+    assert [o[1] for o in stock["out"]] == ["plug", "plug", None, "ns"]
+    assert [o[2] for o in mine["out"]] == [False, False, True, False]
+
+
+def test_FIND_zip_entries_and_path_hooks(tree):
+    """An earlier zip entry or another path hook's finder: PathFinder decides."""
+    src, img, cwd = tree
+    import zipfile
+    z = cwd.parent / "early.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.writestr("mod.py", MODCODE + "WHO = 'zip'\n")
+    stock, mine = find_both(tree, f"sys.path.insert(0, {str(z)!r})", ["mod", "pkg"])
+    assert [o[1] for o in stock["out"]] == ["zip", None] and mine["out"][1][2] is True
+    hook = '''
+        import importlib.machinery as M
+        class Hook(M.FileFinder):
+            pass
+        sys.path_hooks.insert(0, lambda p: Hook(p, (M.SourceFileLoader, [".py"])))
+        sys.path_importer_cache.clear()
+    '''
+    stock, mine = find_both(tree, hook, ["mod", "pkg.sub"])
+    assert mine["direct"] == 0 and [o[2] for o in mine["out"]] == [True, True]
+
+
+@pytest.mark.parametrize("flag", ["-P", "-I"])
+def test_FIND_safe_path_flags(tree, flag):
+    """-P / -I keep the current directory off sys.path: a mod.py there does not shadow."""
+    src, img, cwd = tree
+    (cwd / "mod.py").write_text(MODCODE + "WHO = 'cwd'\n")
+    setup = f"sys.path.insert(0, {str(src)!r})" if flag == "-I" else ""
+    stock, mine = find_both(tree, setup, ["mod"], flags=[flag])
+    assert stock["out"][0][1] == "tree" and mine["out"][0][2] is True

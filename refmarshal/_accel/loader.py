@@ -141,14 +141,15 @@ class AccelImage:
     # get_code(name): the module's code object, living in the image's memory (KeyError when
     # absent): a C method, installed below.
 
-    def new_hook(self, checked, failed, path_finder, source_loader, loader_type, on_error):
-        """The C state of an import hook on this image (rm_import.c): (its rm_hook, which Python
-        reads and sets, and the capsule that owns it, which the C methods use)."""
-        io = [self, failed, path_finder, source_loader, loader_type, on_error]
+    def new_hook(self, checked, *objects):
+        """The C state of an import hook on this image (rm_import.c: rm_hook_new lists the
+        objects it takes): its rm_hook, which Python reads and sets, and the capsule that owns
+        it, which the C methods use."""
+        io = [self, *objects]
         hook = lib.rm_hook_new(int(checked), address(io))
         if hook == ffi.NULL:
             raise ImageError(f"{self.path}: cannot set up the import hook")
-        return hook, io[6]
+        return hook, io[-1]
 
 
 install_method(AccelImage, "AccelImage.get_code")

@@ -44,14 +44,24 @@ typedef struct {
     PyObject *error_type;     /* ImageError */
 } image_ref;
 
+/* The Python objects a hook uses, in the order of rm_hook_new's io list. */
+enum { IO_IMAGE, IO_FAILED, IO_PATH_FINDER, IO_SOURCE_LOADER, IO_LOADER_TYPE, IO_ON_ERROR,
+       IO_FILE_FINDER, IO_SPEC_FROM_FILE, IO_PATH_STAT, IO_VALIDATED, IO_COUNT };
+
 typedef struct {              /* rm_hook.priv */
     image_ref *image;
-    PyObject *owner;          /* the AccelImage: keeps `image` valid */
-    PyObject *failed;         /* set: names whose module failed to load (stock from then on) */
-    PyObject *path_finder;    /* importlib's PathFinder */
-    PyObject *source_loader;  /* importlib's SourceFileLoader */
-    PyObject *loader_type;    /* importer.ImageLoader */
-    PyObject *on_error;       /* importer._warn_in_import(message) */
+    PyObject *obj[IO_COUNT];  /* strong references:
+        IO_IMAGE          the AccelImage: keeps `image` valid
+        IO_FAILED         set: names whose module failed to load (stock from then on)
+        IO_PATH_FINDER    importlib's PathFinder
+        IO_SOURCE_LOADER  importlib's SourceFileLoader
+        IO_LOADER_TYPE    importer.ImageLoader
+        IO_ON_ERROR       importer._warn_in_import(message)
+        IO_FILE_FINDER    importlib's FileFinder
+        IO_SPEC_FROM_FILE importlib's spec_from_file_location
+        IO_PATH_STAT      importlib's _path_stat
+        IO_VALIDATED      set: FileFinders whose listing was checked against their directory in
+                          this process (emptied by ImageFinder.invalidate_caches) */
 } hook_priv;
 
 /* ---- Small helpers ----------------------------------------------------------------------- */
@@ -100,8 +110,8 @@ static int find_name(image_ref *ir, PyObject *name, char *err) {
 /* Tell Python (importer._warn_in_import) that something went wrong; never fails.  Called
    with no exception set. */
 static void say(hook_priv *p, PyObject *message) {
-    PyObject *r = message ? PyObject_CallOneArg(p->on_error, message) : NULL;
-    if (!r) PyErr_WriteUnraisable(p->on_error);
+    PyObject *r = message ? PyObject_CallOneArg(p->obj[IO_ON_ERROR], message) : NULL;
+    if (!r) PyErr_WriteUnraisable(p->obj[IO_ON_ERROR]);
     Py_XDECREF(r);
     Py_XDECREF(message);
 }
@@ -131,7 +141,7 @@ static int next_is_path_finder(PyObject *self, hook_priv *p) {
     Py_ssize_t n = PyList_GET_SIZE(mp);
     for (Py_ssize_t i = 0; i < n; i++)
         if (PyList_GET_ITEM(mp, i) == self)
-            return i + 1 < n && PyList_GET_ITEM(mp, i + 1) == p->path_finder;
+            return i + 1 < n && PyList_GET_ITEM(mp, i + 1) == p->obj[IO_PATH_FINDER];
     return 0;
 }
 
@@ -153,7 +163,7 @@ static PyObject *serve_from_image(rm_hook *h, PyObject *hook_cap, PyObject *full
     PyObject *fs = NULL, *ours = NULL, *result = NULL;
     if (!loader) goto done;
     int same = 0;
-    if (PyUnicode_Check(origin) && Py_TYPE(loader) == (PyTypeObject *)p->source_loader) {
+    if (PyUnicode_Check(origin) && Py_TYPE(loader) == (PyTypeObject *)p->obj[IO_SOURCE_LOADER]) {
         fs = PyUnicode_EncodeFSDefault(origin);
         if (!fs) goto done;
         same = (size_t)PyBytes_GET_SIZE(fs) == info->path_len
@@ -165,7 +175,7 @@ static PyObject *serve_from_image(rm_hook *h, PyObject *hook_cap, PyObject *full
         result = Py_NewRef(spec);
         goto done;
     }
-    ours = PyObject_CallFunctionObjArgs(p->loader_type, fullname, origin, NULL);
+    ours = PyObject_CallFunctionObjArgs(p->obj[IO_LOADER_TYPE], fullname, origin, NULL);
     if (!ours || PyObject_SetAttrString(ours, "_hook", hook_cap) < 0
         || PyObject_SetAttrString(spec, "loader", ours) < 0)
         goto done;
@@ -173,6 +183,220 @@ static PyObject *serve_from_image(rm_hook *h, PyObject *hook_cap, PyObject *full
 done:
     Py_XDECREF(origin); Py_XDECREF(loader); Py_XDECREF(fs); Py_XDECREF(ours);
     return result;
+}
+
+/* ---- Finding without PathFinder --------------------------------------------------------- *
+ * For a module the image holds, the spec stock import would produce, made without walking the
+ * path through PathFinder when the walk's outcome can be proven: every path entry before the
+ * module's directory has a FileFinder (as stock import would create it, through PathFinder's
+ * own _path_importer_cache) whose directory listing holds no candidate for the name, and the
+ * module's own directory lists the recorded file as the first candidate FileFinder would take.
+ * Listings are FileFinder's own (_path_cache): each is checked against its directory's mtime
+ * once per process, as FileFinder.find_spec does on every call, and again after
+ * importlib.invalidate_caches().  Anything else (a zip entry, another path hook's finder, a
+ * name that exists in an earlier directory, a package beside a module...) is left to
+ * PathFinder: find_directly answers 0. */
+
+/* _path_join(a, b) as frozen importlib computes it on POSIX. */
+static PyObject *path_join(PyObject *a, PyObject *b) {
+    Py_ssize_t n = PyUnicode_GET_LENGTH(a);
+    while (n > 0 && PyUnicode_READ_CHAR(a, n - 1) == '/') n--;
+    if (n == 0) return Py_NewRef(b);
+    PyObject *head = PyUnicode_Substring(a, 0, n);
+    PyObject *r = head ? PyUnicode_FromFormat("%U/%U", head, b) : NULL;
+    Py_XDECREF(head);
+    return r;
+}
+
+/* FileFinder.find_spec's first step, done once per finder per process: its listing refilled
+   when its directory's mtime differs from the one it was filled at. */
+static int validate_listing(hook_priv *p, PyObject *finder, PyObject *dir) {
+    int known = PySet_Contains(p->obj[IO_VALIDATED], finder);
+    if (known) return known;
+    PyObject *st = PyObject_CallOneArg(p->obj[IO_PATH_STAT], dir), *mtime;
+    if (st) {
+        mtime = PyObject_GetAttrString(st, "st_mtime");
+        Py_DECREF(st);
+        if (!mtime) return -1;
+    } else if (PyErr_ExceptionMatches(PyExc_OSError)) {
+        PyErr_Clear();
+        mtime = PyLong_FromLong(-1);
+    } else {
+        return -1;
+    }
+    PyObject *filled = mtime ? PyObject_GetAttrString(finder, "_path_mtime") : NULL;
+    int same = filled ? PyObject_RichCompareBool(mtime, filled, Py_EQ) : -1;
+    if (same == 0) {
+        PyObject *r = PyObject_CallMethod(finder, "_fill_cache", NULL);
+        same = r && PyObject_SetAttrString(finder, "_path_mtime", mtime) == 0 ? 1 : -1;
+        Py_XDECREF(r);
+    }
+    Py_XDECREF(filled);
+    Py_XDECREF(mtime);
+    if (same < 0 || PySet_Add(p->obj[IO_VALIDATED], finder) < 0) return -1;
+    return 0;
+}
+
+/* The finder stock import uses for a path entry (a new reference): sys.path_importer_cache's,
+   else what PathFinder._path_importer_cache makes (and caches) for it. */
+static PyObject *entry_finder(hook_priv *p, PyObject *entry) {
+    PyObject *cache = PySys_GetObject("path_importer_cache");
+    if (PyUnicode_GET_LENGTH(entry) > 0 && cache && PyDict_CheckExact(cache)) {
+        PyObject *f = PyDict_GetItemWithError(cache, entry);
+        if (f) return Py_NewRef(f);
+        if (PyErr_Occurred()) return NULL;
+    }
+    return PyObject_CallMethod(p->obj[IO_PATH_FINDER], "_path_importer_cache", "O", entry);
+}
+
+typedef struct {              /* what the image recorded for the module */
+    PyObject *tail;           /* the last part of its name */
+    PyObject *path;           /* its file (str) */
+    PyObject *dir;            /* the path entry or package directory it was found in */
+    int package;
+} recorded;
+
+/* -1 error, 0 the directory has a candidate (or is the module's own and does not prove the
+   recorded file first), 1 nothing there for this name, 2 it is the recorded file. */
+static int look_in(hook_priv *p, PyObject *finder, const recorded *rec, PyObject **full) {
+    int rc = -1, own;
+    PyObject *cache = NULL, *loaders = NULL, *base = NULL;
+    PyObject *dir = PyObject_GetAttrString(finder, "path");
+    if (!dir) goto done;
+    if (!PyUnicode_Check(dir)) { rc = 0; goto done; }
+    if (validate_listing(p, finder, dir) < 0) goto done;      /* may refill _path_cache */
+    cache = PyObject_GetAttrString(finder, "_path_cache");
+    loaders = cache ? PyObject_GetAttrString(finder, "_loaders") : NULL;
+    if (!loaders) goto done;
+    if (!PyAnySet_Check(cache) || !PyList_Check(loaders)) { rc = 0; goto done; }
+    own = PyUnicode_Compare(dir, rec->dir) == 0;
+    int has_dir = PySet_Contains(cache, rec->tail);
+    if (has_dir < 0) goto done;
+    if (rec->package && own) {
+        /* FileFinder: tail/__init__ + each suffix in loader order, the first file wins */
+        rc = 0;
+        if (!has_dir || !(base = path_join(dir, rec->tail))) goto done;
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(loaders); i++) {
+            PyObject *pair = PyList_GET_ITEM(loaders, i);
+            if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) goto done;
+            PyObject *init = PyUnicode_FromFormat("__init__%U", PyTuple_GET_ITEM(pair, 0));
+            PyObject *cand = init ? path_join(base, init) : NULL;
+            Py_XDECREF(init);
+            if (!cand) { rc = -1; goto done; }
+            if (PyUnicode_Compare(cand, rec->path) == 0) {
+                if (PyTuple_GET_ITEM(pair, 1) == p->obj[IO_SOURCE_LOADER]) {
+                    *full = cand;
+                    rc = 2;
+                } else {
+                    Py_DECREF(cand);
+                }
+                goto done;
+            }
+            PyObject *fs = PyUnicode_EncodeFSDefault(cand);
+            Py_DECREF(cand);
+            if (!fs) { rc = -1; goto done; }
+            struct stat st;
+            int exists = stat(PyBytes_AS_STRING(fs), &st) == 0 && S_ISREG(st.st_mode);
+            Py_DECREF(fs);
+            if (exists) goto done;               /* another __init__ comes first */
+        }
+        goto done;
+    }
+    if (has_dir) { rc = 0; goto done; }          /* a package or namespace portion: PathFinder */
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(loaders); i++) {
+        PyObject *pair = PyList_GET_ITEM(loaders, i);
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) { rc = 0; goto done; }
+        PyObject *name = PyUnicode_Concat(rec->tail, PyTuple_GET_ITEM(pair, 0));
+        int there = name ? PySet_Contains(cache, name) : -1;
+        if (there <= 0) { Py_XDECREF(name); if (there < 0) goto done; continue; }
+        rc = 0;                                  /* the first candidate FileFinder would try */
+        if (own && !rec->package && PyTuple_GET_ITEM(pair, 1) == p->obj[IO_SOURCE_LOADER]) {
+            PyObject *cand = path_join(dir, name);
+            if (!cand) rc = -1;
+            else if (PyUnicode_Compare(cand, rec->path) == 0) { *full = cand; rc = 2; }
+            else Py_DECREF(cand);
+        }
+        Py_DECREF(name);
+        goto done;
+    }
+    rc = own ? 0 : 1;
+done:
+    Py_XDECREF(dir); Py_XDECREF(cache); Py_XDECREF(loaders); Py_XDECREF(base);
+    return rc;
+}
+
+/* What the image recorded for module `info` named fullname, or 0 when its path does not have
+   the shape FileFinder gives (then PathFinder decides). */
+static int recorded_for(PyObject *fullname, const rm_entry_info *info, recorded *rec) {
+    Py_ssize_t n = PyUnicode_GET_LENGTH(fullname);
+    Py_ssize_t dot = PyUnicode_FindChar(fullname, '.', 0, n, -1);
+    if (dot == -2) return -1;
+    rec->package = (info->flags & 1) != 0;      /* MOD_PACKAGE */
+    rec->tail = PyUnicode_Substring(fullname, dot + 1, n);
+    rec->path = PyUnicode_DecodeFSDefaultAndSize(info->path, info->path_len);
+    if (!rec->tail || !rec->path) return -1;
+    PyObject *suffix = PyUnicode_FromFormat(rec->package ? "/%U/__init__.py" : "/%U.py",
+                                            rec->tail);
+    if (!suffix) return -1;
+    Py_ssize_t plen = PyUnicode_GET_LENGTH(rec->path), slen = PyUnicode_GET_LENGTH(suffix);
+    int ok = PyUnicode_Tailmatch(rec->path, suffix, 0, plen, 1) == 1 && plen > slen;
+    Py_DECREF(suffix);
+    if (!ok) return 0;
+    rec->dir = PyUnicode_Substring(rec->path, 0, plen - slen);
+    return rec->dir ? 1 : -1;
+}
+
+/* 1: the spec (in *out); 0: not proven, ask PathFinder; -1: error. */
+static int find_directly(rm_hook *h, PyObject *hook_cap, PyObject *fullname, PyObject *path,
+                         const rm_entry_info *info, PyObject **out) {
+    hook_priv *p = h->priv;
+    recorded rec = {0};
+    PyObject *it = NULL, *full = NULL, *loader = NULL;
+    int rc = recorded_for(fullname, info, &rec);
+    if (rc <= 0) goto done;
+    rc = -1;
+    it = PyObject_GetIter(path == Py_None ? PySys_GetObject("path") : path);
+    if (!it) goto done;
+    PyObject *entry;
+    int found = 1;
+    while (found == 1 && (entry = PyIter_Next(it))) {
+        /* as PathFinder._get_spec: entries that are not str are skipped, so are those
+           without a finder */
+        PyObject *finder = PyUnicode_Check(entry) ? entry_finder(p, entry) : Py_NewRef(Py_None);
+        Py_DECREF(entry);
+        if (!finder) goto done;
+        if (finder == Py_None) found = 1;
+        else if (Py_TYPE(finder) != (PyTypeObject *)p->obj[IO_FILE_FINDER]) found = 0;
+        else found = look_in(p, finder, &rec, &full);
+        Py_DECREF(finder);
+        if (found < 0) goto done;
+    }
+    if (PyErr_Occurred()) goto done;
+    rc = 0;
+    if (found != 2) goto done;                  /* ran out of entries, or not proven */
+    PyObject *fs = PyUnicode_EncodeFSDefault(full);
+    if (!fs) { rc = -1; goto done; }
+    int same = !h->checked || source_unchanged(PyBytes_AS_STRING(fs), info);
+    Py_DECREF(fs);
+    if (!same) goto done;                       /* stale or gone: PathFinder and stock */
+    rc = -1;
+    loader = PyObject_CallFunctionObjArgs(p->obj[IO_LOADER_TYPE], fullname, full, NULL);
+    if (!loader || PyObject_SetAttrString(loader, "_hook", hook_cap) < 0) goto done;
+    PyObject *base = rec.package ? path_join(rec.dir, rec.tail) : NULL;   /* its __path__ */
+    PyObject *smsl = !rec.package ? Py_NewRef(Py_None) : base ? Py_BuildValue("[O]", base) : NULL;
+    Py_XDECREF(base);
+    PyObject *args = smsl ? PyTuple_Pack(2, fullname, full) : NULL;
+    PyObject *kw = args ? Py_BuildValue("{sOsO}", "loader", loader,
+                                        "submodule_search_locations", smsl) : NULL;
+    *out = kw ? PyObject_Call(p->obj[IO_SPEC_FROM_FILE], args, kw) : NULL;
+    Py_XDECREF(smsl); Py_XDECREF(args); Py_XDECREF(kw);
+    if (!*out) goto done;
+    h->direct++;
+    rc = 1;
+done:
+    Py_XDECREF(rec.tail); Py_XDECREF(rec.path); Py_XDECREF(rec.dir);
+    Py_XDECREF(it); Py_XDECREF(full); Py_XDECREF(loader);
+    return rc;
 }
 
 static PyObject *finder_find_spec(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
@@ -188,7 +412,7 @@ static PyObject *finder_find_spec(PyObject *self, PyObject *const *args, Py_ssiz
     if (!h) goto done;
     hook_priv *p = h->priv;
     if (h->disabled) { result = Py_NewRef(Py_None); goto done; }
-    int failed = PySet_Contains(p->failed, fullname);
+    int failed = PySet_Contains(p->obj[IO_FAILED], fullname);
     if (failed < 0) goto done;
     if (failed) { h->fallbacks++; result = Py_NewRef(Py_None); goto done; }
     char err[ERRLEN];
@@ -206,7 +430,9 @@ static PyObject *finder_find_spec(PyObject *self, PyObject *const *args, Py_ssiz
         result = Py_NewRef(Py_None);
         goto done;
     }
-    PyObject *find = PyObject_GetAttrString(p->path_finder, "find_spec");
+    int direct = find_directly(h, cap, fullname, a[1], &info, &result);
+    if (direct != 0) goto done;               /* the spec, or an error */
+    PyObject *find = PyObject_GetAttrString(p->obj[IO_PATH_FINDER], "find_spec");
     if (!find) goto done;
     spec = PyObject_CallFunctionObjArgs(find, fullname, a[1], a[2], NULL);
     Py_DECREF(find);
@@ -232,7 +458,7 @@ static void use_stock_loader(hook_priv *p, PyObject *self, PyObject *fullname) {
     PyErr_Clear();
     if (spec_loader == self || mod_loader == self) {
         path = PyObject_GetAttrString(self, "path");
-        stock = path ? PyObject_CallFunctionObjArgs(p->source_loader, fullname, path, NULL)
+        stock = path ? PyObject_CallFunctionObjArgs(p->obj[IO_SOURCE_LOADER], fullname, path, NULL)
                      : NULL;
         if (stock && spec_loader == self) PyObject_SetAttrString(spec, "loader", stock);
         if (stock && mod_loader == self) PyObject_SetAttrString(module, "__loader__", stock);
@@ -264,12 +490,12 @@ static PyObject *loader_get_code(PyObject *self, PyObject *fullname) {
             return code;
         }
         if (index == -1) snprintf(err, ERRLEN, "not in the image");
-        if (PySet_Add(p->failed, fullname) < 0) goto fail;
+        if (PySet_Add(p->obj[IO_FAILED], fullname) < 0) goto fail;
         h->fallbacks++;
         say(p, PyUnicode_FromFormat("%U: module %U: %s", p->image->path, fullname, err));
     }
     /* stock: SourceFileLoader's own get_code (looked up now: a profiler may wrap it) */
-    PyObject *stock = PyObject_GetAttrString(h ? ((hook_priv *)h->priv)->source_loader
+    PyObject *stock = PyObject_GetAttrString(h ? ((hook_priv *)h->priv)->obj[IO_SOURCE_LOADER]
                                                : (PyObject *)Py_TYPE(self)->tp_base,
                                              "get_code");
     if (stock) {
@@ -348,30 +574,25 @@ static void hook_free(PyObject *cap) {
     rm_hook *h = PyCapsule_GetPointer(cap, HOOK_CAPSULE);
     if (!h) { PyErr_Clear(); return; }
     hook_priv *p = h->priv;
-    Py_XDECREF(p->owner); Py_XDECREF(p->failed); Py_XDECREF(p->path_finder);
-    Py_XDECREF(p->source_loader); Py_XDECREF(p->loader_type); Py_XDECREF(p->on_error);
+    for (int i = 0; i < IO_COUNT; i++) Py_XDECREF(p->obj[i]);
     free(p);
     free(h);
 }
 
-/* io: a list [AccelImage, failed set, PathFinder, SourceFileLoader, ImageLoader, on_error];
-   the hook's capsule (which owns the returned rm_hook) is appended to it. */
+/* io: a list of the IO_COUNT objects above; the hook's capsule (which owns the returned
+   rm_hook) is appended to it. */
 rm_hook *rm_hook_new(int checked, void *io) {
     rm_hook *result = NULL;
     PyGILState_STATE g = PyGILState_Ensure();
     PyObject *list = (PyObject *)io, *cap = NULL;
     rm_hook *h = calloc(1, sizeof *h);
     hook_priv *p = calloc(1, sizeof *p);
-    if (!h || !p || !PyList_Check(list) || PyList_GET_SIZE(list) != 6) goto fail;
-    PyObject **it = &PyList_GET_ITEM(list, 0);
-    p->image = capsule_of(it[0], "_capsule", IMAGE_CAPSULE);
-    if (!p->image || !PySet_Check(it[1])) goto fail;
-    p->owner = Py_NewRef(it[0]);
-    p->failed = Py_NewRef(it[1]);
-    p->path_finder = Py_NewRef(it[2]);
-    p->source_loader = Py_NewRef(it[3]);
-    p->loader_type = Py_NewRef(it[4]);
-    p->on_error = Py_NewRef(it[5]);
+    if (!h || !p || !PyList_Check(list) || PyList_GET_SIZE(list) != IO_COUNT) goto fail;
+    p->image = capsule_of(PyList_GET_ITEM(list, IO_IMAGE), "_capsule", IMAGE_CAPSULE);
+    if (!p->image || !PySet_Check(PyList_GET_ITEM(list, IO_FAILED))
+        || !PySet_Check(PyList_GET_ITEM(list, IO_VALIDATED)))
+        goto fail;
+    for (int i = 0; i < IO_COUNT; i++) p->obj[i] = Py_NewRef(PyList_GET_ITEM(list, i));
     h->checked = checked;
     h->priv = p;
     cap = PyCapsule_New(h, HOOK_CAPSULE, hook_free);
@@ -380,10 +601,8 @@ rm_hook *rm_hook_new(int checked, void *io) {
     if (PyList_Append(list, cap) < 0) goto fail;
     result = PyCapsule_GetPointer(cap, HOOK_CAPSULE);
 fail:
-    if (p) {
-        Py_XDECREF(p->owner); Py_XDECREF(p->failed); Py_XDECREF(p->path_finder);
-        Py_XDECREF(p->source_loader); Py_XDECREF(p->loader_type); Py_XDECREF(p->on_error);
-    }
+    if (p)
+        for (int i = 0; i < IO_COUNT; i++) Py_XDECREF(p->obj[i]);
     free(p); free(h);
     Py_XDECREF(cap);          /* the list keeps it */
     if (!result) PyErr_Clear();

@@ -37,13 +37,14 @@ unsigned long rm_python_version(void);
 
 /* rm_import.c: the methods the import system calls (find_spec, get_code) are C methods,
  * installed on the Python classes; Python objects cross by address (id()), since cffi has no
- * PyObject* arguments.  An rm_hook is one ImageFinder's state: Python reads and sets the first
- * four fields; its capsule (appended to io by rm_hook_new) owns it. */
+ * PyObject* arguments.  An rm_hook is one ImageFinder's state: Python reads and sets the fields
+ * before priv; its capsule (appended to io by rm_hook_new) owns it. */
 typedef struct {
     int checked;
     int disabled;
     long long hits;
     long long fallbacks;
+    long long direct;
     void *priv;
 } rm_hook;
 
