@@ -5,6 +5,9 @@ and one stat.
 
 In a subinterpreter (3.12+) it does nothing: see ``in_main_interpreter``.
 
+Under ``-O`` or ``-OO`` it uses the image built for that level (``default_image_path``) and
+does nothing, silently, when there is none.
+
 Environment: ``REFMARSHAL=0`` turns it off, ``REFMARSHAL_IMAGE=path`` uses another image than
 the environment's default, ``REFMARSHAL_UNCHECKED=1`` trusts the image (no per-module stat).
 Under ``-E`` or ``-I`` the last two are ignored, as ``PYTHONPATH`` is: they choose code to run.
@@ -28,10 +31,19 @@ def in_main_interpreter():
     return is_main is None or is_main()
 
 
-def default_image_path():
+def default_image_path(optimize=None):
     """The image ``refmarshal build`` writes by default: inside the environment, one per
-    interpreter version."""
-    return os.path.join(sys.prefix, "share", "refmarshal", sys.implementation.cache_tag + ".img")
+    interpreter version and optimization level, named as .pyc files are (``cpython-312.img``,
+    ``cpython-312.opt-1.img``).  ``optimize``: the level (default: this interpreter's)."""
+    path = os.path.join(sys.prefix, "share", "refmarshal", sys.implementation.cache_tag + ".img")
+    return level_path(path, sys.flags.optimize if optimize is None else optimize)
+
+
+def level_path(path, optimize):
+    """The image for optimization level ``optimize`` beside ``path``, the level-0 one."""
+    if not optimize:
+        return path
+    return f"{path[:-4] if path.endswith('.img') else path}.opt-{optimize}.img"
 
 
 def run(image=None):
@@ -44,7 +56,13 @@ def run(image=None):
         from _frozen_importlib_external import PathFinder
         if sys.flags.ignore_environment:
             env = {}
-        path = os.path.abspath(env.get("REFMARSHAL_IMAGE") or image or default_image_path())
+        if env.get("REFMARSHAL_IMAGE"):     # a file chosen by hand: used (or declined) as is
+            path = os.path.abspath(env["REFMARSHAL_IMAGE"])
+        else:
+            level = sys.flags.optimize
+            path = os.path.abspath(level_path(image, level) if image else default_image_path())
+            if level and not os.path.exists(path):
+                return      # -O / -OO without an image of its own: stock, silently
         checked = env.get("REFMARSHAL_UNCHECKED") != "1"
         mp = sys.meta_path
         if any(getattr(f, "path", None) == path and type(f).__module__.startswith("refmarshal")

@@ -34,7 +34,8 @@ def pth_text(image=None):
     """The line ``refmarshal enable`` writes to ``PTH_NAME`` in site-packages.  site executes
     lines starting with ``import``; the try keeps interpreter start silent if refmarshal was
     uninstalled and the file left behind.  ``image``: an image other than the default
-    (``REFMARSHAL_IMAGE`` still overrides it)."""
+    (``REFMARSHAL_IMAGE`` still overrides it); under ``-O``/``-OO`` the one beside it for that
+    level (``_startup.level_path``)."""
     if image is not None:
         code = ("try: import refmarshal._startup as s\nexcept ImportError: s = None\n"
                 f"if s: s.run({os.fspath(image)!r})")

@@ -1281,3 +1281,49 @@ def test_FIND_safe_path_flags(tree, flag):
     setup = f"sys.path.insert(0, {str(src)!r})" if flag == "-I" else ""
     stock, mine = find_both(tree, setup, ["mod"], flags=[flag])
     assert stock["out"][0][1] == "tree" and mine["out"][0][2] is True
+
+
+# ---------------------------------------------------------------------------------------
+# Optimization levels: -O and -OO use an image of their own, as .pyc files have opt-1/opt-2.
+
+def test_optimization_levels_use_their_own_image_or_step_aside_silently(venv, tree):
+    from refmarshal import _startup
+    python, site = venv
+    src, img, cwd = tree
+    probe = ("import sys, mod\n"
+             "f = [x for x in sys.meta_path if type(x).__name__ == 'ImageFinder']\n"
+             "print(sys.flags.optimize, len(f), bool(f) and f[0].image.owns(mod.MODCODE), "
+             "mod.__cached__.rsplit('.', 2)[-2])\n")
+    pth = os.path.join(site, importer.PTH_NAME)
+    with open(pth, "w") as fh:
+        fh.write(importer.pth_text(img))
+    try:
+        # no image for the level: stock imports, not a word
+        for flag, tag in (("-O", "opt-1"), ("-OO", "opt-2")):
+            r = run([flag, "-c", probe], cwd, python=python, pythonpath=[src])
+            assert (r.stdout.split(), r.stderr) == ([str(len(flag) - 1), "0", "False", tag], "")
+        # an image built for -O serves -O, and only -O
+        opt1 = _startup.level_path(str(img), 1)
+        assert opt1 == str(img)[:-4] + ".opt-1.img"
+        refmarshal.build(opt1, tree_entries(src), optimize=1)
+        r = run(["-O", "-c", probe], cwd, python=python, pythonpath=[src])
+        assert (r.stdout.split(), r.stderr) == (["1", "1", "True", "opt-1"], "")
+        r = run(["-OO", "-c", probe], cwd, python=python, pythonpath=[src])
+        assert (r.stdout.split(), r.stderr) == (["2", "0", "False", "opt-2"], "")
+        r = run(["-c", probe], cwd, python=python, pythonpath=[src])
+        assert r.stdout.split()[:3] == ["0", "1", "True"] and r.stderr == ""
+        # an image named by hand is used as named: a level mismatch is said, once
+        r = run(["-O", "-c", probe], cwd, python=python, pythonpath=[src],
+                env={"REFMARSHAL_IMAGE": str(img)})
+        assert r.stdout.split()[:2] == ["1", "0"]
+        assert r.stderr.count("RefmarshalWarning") == 1 and "optimization level 0" in r.stderr
+    finally:
+        os.unlink(pth)
+
+
+def test_default_image_path_per_level():
+    from refmarshal import _startup
+    base = _startup.default_image_path(0)
+    assert base.endswith(os.sep + sys.implementation.cache_tag + ".img")
+    assert _startup.default_image_path(2) == base[:-4] + ".opt-2.img"
+    assert _startup.default_image_path() == _startup.level_path(base, sys.flags.optimize)
