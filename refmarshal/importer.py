@@ -112,10 +112,11 @@ class ImageLoader(SourceFileLoader):
     and runs the code: no frame of refmarshal's is on the stack while the module's body runs.
     When ``get_code`` hands the code over, the module's ``__loader__`` and ``__spec__.loader``
     become a plain ``SourceFileLoader``, as stock import leaves them (code that looks loaders
-    up by type, such as distlib's resource finders, depends on that).  ``_hook`` is the
-    finder's C state; a slot, so the instance's ``__dict__`` is stock's."""
+    up by type, such as distlib's resource finders, depends on that); so does the loader of
+    the spec ``find_spec`` made (``_spec``), which runpy (``python -m``) runs as ``__main__``.
+    ``_hook`` is the finder's C state; slots, so the instance's ``__dict__`` is stock's."""
 
-    __slots__ = ("_hook",)
+    __slots__ = ("_hook", "_spec")
 
     def __reduce__(self):
         # a copy or a pickle (of a spec, say) is the stock loader: the image stays here

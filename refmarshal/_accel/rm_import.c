@@ -167,6 +167,7 @@ static PyObject *serve_from_image(rm_hook *h, PyObject *hook_cap, PyObject *full
     }
     ours = PyObject_CallFunctionObjArgs(p->loader_type, fullname, origin, NULL);
     if (!ours || PyObject_SetAttrString(ours, "_hook", hook_cap) < 0
+        || PyObject_SetAttrString(ours, "_spec", spec) < 0
         || PyObject_SetAttrString(spec, "loader", ours) < 0)
         goto done;
     result = Py_NewRef(spec);
@@ -219,27 +220,41 @@ done:
 }
 
 /* ---- ImageLoader.get_code(fullname) ------------------------------------------------------- */
+/* owner.attr becomes `*stock` (made at the first need) where it is `self`. */
+static void unhook(hook_priv *p, PyObject *self, PyObject *fullname, PyObject *owner,
+                   const char *attr, PyObject **stock) {
+    PyObject *ld = owner ? PyObject_GetAttrString(owner, attr) : NULL;
+    if (ld == self && !*stock) {
+        PyObject *path = PyObject_GetAttrString(self, "path");
+        *stock = path ? PyObject_CallFunctionObjArgs(p->source_loader, fullname, path, NULL)
+                      : NULL;
+        Py_XDECREF(path);
+    }
+    if (ld == self && *stock) PyObject_SetAttrString(owner, attr, *stock);
+    Py_XDECREF(ld);
+    PyErr_Clear();            /* at worst it keeps the ImageLoader */
+}
+
 /* Once the module's code is handed over, its __loader__ and __spec__.loader become a plain
    SourceFileLoader, as stock import leaves them (code that looks loaders up by type, such as
-   distlib's resource finders, depends on that): the body already runs with them. */
+   distlib's resource finders, depends on that): the body already runs with them.  The spec
+   find_spec made (self._spec) too: runpy (python -m) asks for the code, then runs it as
+   __main__ with that spec's loader, and the module is not in sys.modules under its name. */
 static void use_stock_loader(hook_priv *p, PyObject *self, PyObject *fullname) {
     PyObject *modules = PyImport_GetModuleDict();         /* borrowed */
     PyObject *module = modules ? PyObject_GetItem(modules, fullname) : NULL;
-    PyObject *spec = module ? PyObject_GetAttrString(module, "__spec__") : NULL;
-    PyObject *spec_loader = spec ? PyObject_GetAttrString(spec, "loader") : NULL;
-    PyObject *mod_loader = module ? PyObject_GetAttrString(module, "__loader__") : NULL;
-    PyObject *path = NULL, *stock = NULL;
     PyErr_Clear();
-    if (spec_loader == self || mod_loader == self) {
-        path = PyObject_GetAttrString(self, "path");
-        stock = path ? PyObject_CallFunctionObjArgs(p->source_loader, fullname, path, NULL)
-                     : NULL;
-        if (stock && spec_loader == self) PyObject_SetAttrString(spec, "loader", stock);
-        if (stock && mod_loader == self) PyObject_SetAttrString(module, "__loader__", stock);
-        PyErr_Clear();        /* at worst the module keeps the ImageLoader */
-    }
-    Py_XDECREF(module); Py_XDECREF(spec); Py_XDECREF(spec_loader); Py_XDECREF(mod_loader);
-    Py_XDECREF(path); Py_XDECREF(stock);
+    PyObject *spec = module ? PyObject_GetAttrString(module, "__spec__") : NULL;
+    PyErr_Clear();
+    PyObject *found = PyObject_GetAttrString(self, "_spec");
+    PyErr_Clear();
+    PyObject *stock = NULL;
+    unhook(p, self, fullname, spec, "loader", &stock);
+    unhook(p, self, fullname, found, "loader", &stock);
+    unhook(p, self, fullname, module, "__loader__", &stock);
+    if (found && PyObject_SetAttrString(self, "_spec", Py_None) < 0)   /* no cycle left */
+        PyErr_Clear();
+    Py_XDECREF(module); Py_XDECREF(spec); Py_XDECREF(found); Py_XDECREF(stock);
 }
 
 static PyObject *loader_get_code(PyObject *self, PyObject *fullname) {
