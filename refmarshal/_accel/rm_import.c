@@ -235,14 +235,38 @@ static void unhook(hook_priv *p, PyObject *self, PyObject *fullname, PyObject *o
     PyErr_Clear();            /* at worst it keeps the ImageLoader */
 }
 
+/* The module whose code the stock exec_module is asking for: that method's `module`, when it
+   is the Python frame that called get_code (a C method pushes no frame of its own), whether
+   or not the module is in sys.modules (module_from_spec then exec_module by hand).  NULL,
+   with no exception set, when something else called get_code (a profiler's wrapper...). */
+static PyObject *module_in_exec(hook_priv *p) {
+    PyFrameObject *frame = PyEval_GetFrame();             /* borrowed */
+    PyObject *exec = frame ? PyObject_GetAttrString(p->source_loader, "exec_module") : NULL;
+    PyObject *want = exec ? PyObject_GetAttrString(exec, "__code__") : NULL;
+    PyCodeObject *code = want ? PyFrame_GetCode(frame) : NULL;
+    PyObject *module = NULL;
+    if (code && (PyObject *)code == want) {
+#if PY_VERSION_HEX >= 0x030C0000
+        module = PyFrame_GetVarString(frame, "module");
+#else
+        PyObject *locals = PyFrame_GetLocals(frame);
+        module = locals ? PyMapping_GetItemString(locals, "module") : NULL;
+        Py_XDECREF(locals);
+#endif
+    }
+    Py_XDECREF(exec); Py_XDECREF(want); Py_XDECREF(code);
+    PyErr_Clear();
+    return module;
+}
+
 /* Once the module's code is handed over, its __loader__ and __spec__.loader become a plain
    SourceFileLoader, as stock import leaves them (code that looks loaders up by type, such as
    distlib's resource finders, depends on that): the body already runs with them.  The spec
    find_spec made (self._spec) too: runpy (python -m) asks for the code, then runs it as
-   __main__ with that spec's loader, and the module is not in sys.modules under its name. */
+   __main__ with that spec's loader.  The module is exec_module's, else sys.modules'. */
 static void use_stock_loader(hook_priv *p, PyObject *self, PyObject *fullname) {
-    PyObject *modules = PyImport_GetModuleDict();         /* borrowed */
-    PyObject *module = modules ? PyObject_GetItem(modules, fullname) : NULL;
+    PyObject *module = module_in_exec(p), *modules = PyImport_GetModuleDict();  /* borrowed */
+    if (!module && modules) module = PyObject_GetItem(modules, fullname);
     PyErr_Clear();
     PyObject *spec = module ? PyObject_GetAttrString(module, "__spec__") : NULL;
     PyErr_Clear();
