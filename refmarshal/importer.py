@@ -152,7 +152,18 @@ def _open(path, checked):
     if level != sys.flags.optimize:
         return _decline(path, f"built at optimization level {level}, this interpreter runs "
                               f"at level {sys.flags.optimize}", 5)
+    if not _debug_ranges():
+        return _decline(path, "this interpreter runs without column positions in its code "
+                              "(-X no_debug_ranges or PYTHONNODEBUGRANGES), the image's "
+                              "code has them", 5)
     return ImageFinder(image, checked)
+
+
+def _debug_ranges():
+    """False under -X no_debug_ranges (PYTHONNODEBUGRANGES, or an embedding's config), when
+    every code object the interpreter makes, from source or from a .pyc, loses its column
+    positions (tracebacks show no carets); an image's code keeps those it was built with."""
+    return any(p[2] is not None for p in compile("0", "", "eval").co_positions())
 
 
 def install(path=None, *, checked=True):

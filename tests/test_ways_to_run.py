@@ -318,13 +318,17 @@ FLAGS = {
     "-X dev": ["-X", "dev"],
     "-I": ["-I"],
     "-E": ["-E"],
+    "-bb": ["-bb"],                                          # bytes/str comparisons raise
+    "-X warn_default_encoding": ["-X", "warn_default_encoding", "-W", "error"],
+    "-X tracemalloc": ["-X", "tracemalloc=5"],
 }
 
 
 @pytest.mark.parametrize("flag", sorted(FLAGS))
 def test_interpreter_flags(ways, tmp_path, flag):
     """Same modules, same attributes, no warning (-X dev shows ResourceWarnings and runs with
-    the debug memory allocator).  -I and -E ignore REFMARSHAL_IMAGE as they ignore
+    the debug memory allocator; refmarshal's own code opens no file without an encoding and
+    mixes no bytes with str).  -I and -E ignore REFMARSHAL_IMAGE as they ignore
     PYTHONPATH: the .pth line's image serves.  The frozen test modules come from the image
     only with -X frozen_modules=off, when stock finds them as source files too."""
     env = {"REFMARSHAL_IMAGE": str(tmp_path / "elsewhere.img")} if flag in ("-I", "-E") else {}
@@ -336,6 +340,33 @@ def test_interpreter_flags(ways, tmp_path, flag):
     loader = stock["obs"]["__hello__"]["loader"]
     assert loader == ("FrozenImporter" if frozen else "SourceFileLoader")
     assert stock["obs"]["mod"]["file"] == str(ways.lib / "mod.py")
+
+
+NO_RANGES = {"-X no_debug_ranges": (["-X", "no_debug_ranges"], {}),
+             "PYTHONNODEBUGRANGES": ([], {"PYTHONNODEBUGRANGES": "1"})}
+POSITIONS = PROBE_C + """\
+import traceback, mod
+try:
+    mod.boom()
+except ValueError:
+    print(json.dumps([list(mod.f.__code__.co_positions()), traceback.format_exc()]))
+"""
+
+
+@pytest.mark.parametrize("how", sorted(NO_RANGES))
+def test_no_debug_ranges_steps_aside(ways, tmp_path, how):
+    """Without debug ranges every code object stock makes (from a .pyc too) loses its column
+    positions, so tracebacks show no carets; the image's code has them: refmarshal steps
+    aside with one warning, and stock import serves."""
+    flags, env = NO_RANGES[how]
+    outs = ways.both([*flags, "-c", "import json\n" + POSITIONS, "mod"], tmp_path, env=env)
+    (stock, rest), (image, rest2) = [r.stdout.split("\n", 1) for r in outs.values()]
+    assert (image, rest2) == (stock, rest) and outs["stock"].stderr == ""
+    assert not any(json.loads(stock)["own"].values())
+    positions, tb = json.loads(rest)
+    assert all(p[2:] == [None, None] for p in positions) and "^" not in tb
+    warning = outs["image"].stderr
+    assert warning.count("RefmarshalWarning") == 1 and "no_debug_ranges" in warning
 
 
 IMPORT_TIME = re.compile(r"import time:\s+\d+ \|\s+\d+ \| (.*)")
@@ -383,12 +414,19 @@ def test_no_site_then_site_main(ways, tmp_path):
     assert obs["-S"] == [["type"] * 3, "ModuleNotFoundError"]
 
 
-@pytest.mark.parametrize("target", ["cli", "cli.tool"])
-def test_run_module_with_dash_m(ways, tmp_path, target):
+DASH_M = {    # command: the module run as __main__
+    "-m cli": "cli.__main__",
+    "-m cli.tool": "cli.tool",
+    "-m cProfile -o prof -m cli.tool": "cli.tool",      # runpy.run_module(run_name="__main__")
+}
+
+
+@pytest.mark.parametrize("command", sorted(DASH_M))
+def test_run_module_with_dash_m(ways, tmp_path, command):
     """python -m: the main module's code comes from the image, and its __loader__, __spec__
     and __cached__ are stock's (runpy gets the spec from the finder and runs its code)."""
-    obs = same_but_own(ways.observe(["-m", target, "arg"], tmp_path))
-    name = "cli.__main__" if target == "cli" else target
+    obs = same_but_own(ways.observe([*command.split(), "arg"], tmp_path))
+    name = DASH_M[command]
     assert obs["main"]["spec"][0] == name and obs["main"]["loader"] == "SourceFileLoader"
     assert obs["main"]["name"] == "__main__" and obs["argv"][1:] == ["arg"]
 
