@@ -3,7 +3,8 @@ image finder goes.  The image is opened (and the accelerator imported) at the fi
 that reaches it, so ``python -c pass`` pays for two small modules (this one and its package)
 and one stat.
 
-In a subinterpreter (3.12+) it does nothing: see ``in_main_interpreter``.
+In a subinterpreter (3.12+) it does nothing: see ``in_main_interpreter``.  Nor without debug
+ranges (``-X no_debug_ranges``, ``PYTHONNODEBUGRANGES``): see ``importer._debug_ranges``.
 
 Environment: ``REFMARSHAL=0`` turns it off, ``REFMARSHAL_IMAGE=path`` uses another image than
 the environment's default, ``REFMARSHAL_UNCHECKED=1`` trusts the image (no per-module stat).
@@ -44,6 +45,8 @@ def run(image=None):
         from _frozen_importlib_external import PathFinder
         if sys.flags.ignore_environment:
             env = {}
+        if "no_debug_ranges" in sys._xoptions or env.get("PYTHONNODEBUGRANGES"):
+            return                          # stock, silently: see importer._debug_ranges
         path = os.path.abspath(env.get("REFMARSHAL_IMAGE") or image or default_image_path())
         checked = env.get("REFMARSHAL_UNCHECKED") != "1"
         mp = sys.meta_path

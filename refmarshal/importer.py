@@ -162,7 +162,9 @@ def _open(path, checked):
 def _debug_ranges():
     """False under -X no_debug_ranges (PYTHONNODEBUGRANGES, or an embedding's config), when
     every code object the interpreter makes, from source or from a .pyc, loses its column
-    positions (tracebacks show no carets); an image's code keeps those it was built with."""
+    positions (tracebacks show no carets); an image's code keeps those it was built with.
+    The start-up hook steps aside silently for the option and the variable (a user's choice,
+    not a problem: CPython's own tests read such children's stderr); install() says why."""
     return any(p[2] is not None for p in compile("0", "", "eval").co_positions())
 
 

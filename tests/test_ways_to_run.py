@@ -344,29 +344,36 @@ def test_interpreter_flags(ways, tmp_path, flag):
 
 NO_RANGES = {"-X no_debug_ranges": (["-X", "no_debug_ranges"], {}),
              "PYTHONNODEBUGRANGES": ([], {"PYTHONNODEBUGRANGES": "1"})}
-POSITIONS = PROBE_C + """\
-import traceback, mod
+POSITIONS = """\
+import sys, traceback, ways_probe as p, mod
+res = p.observe(["mod"])
+res["obs"]["finders"] = [type(f).__name__ for f in sys.meta_path
+                         if type(f).__module__.startswith("refmarshal")]
+res["obs"]["positions"] = list(mod.f.__code__.co_positions())
 try:
     mod.boom()
 except ValueError:
-    print(json.dumps([list(mod.f.__code__.co_positions()), traceback.format_exc()]))
+    res["obs"]["traceback"] = traceback.format_exc()
+p.emit(res)
 """
+INSTALL = "import sys\nfrom refmarshal import importer\nprint(importer.install(sys.argv[1]))\n"
 
 
 @pytest.mark.parametrize("how", sorted(NO_RANGES))
 def test_no_debug_ranges_steps_aside(ways, tmp_path, how):
     """Without debug ranges every code object stock makes (from a .pyc too) loses its column
-    positions, so tracebacks show no carets; the image's code has them: refmarshal steps
-    aside with one warning, and stock import serves."""
+    positions, so tracebacks show no carets; the image's code has them.  The start-up hook
+    steps aside, silently (a user's choice, not a problem); install() declines with one
+    warning."""
     flags, env = NO_RANGES[how]
-    outs = ways.both([*flags, "-c", "import json\n" + POSITIONS, "mod"], tmp_path, env=env)
-    (stock, rest), (image, rest2) = [r.stdout.split("\n", 1) for r in outs.values()]
-    assert (image, rest2) == (stock, rest) and outs["stock"].stderr == ""
-    assert not any(json.loads(stock)["own"].values())
-    positions, tb = json.loads(rest)
-    assert all(p[2:] == [None, None] for p in positions) and "^" not in tb
-    warning = outs["image"].stderr
-    assert warning.count("RefmarshalWarning") == 1 and "no_debug_ranges" in warning
+    out = ways.observe([*flags, "-c", POSITIONS], tmp_path, env=env)
+    assert out["image"] == out["stock"]
+    obs = out["stock"]["obs"]
+    assert obs["finders"] == [] and not any(out["stock"]["own"].values())
+    assert all(p[2:] == [None, None] for p in obs["positions"]) and "^" not in obs["traceback"]
+    r = ways.child([*flags, "-c", INSTALL, ways.img], tmp_path, "image", env=env)
+    assert r.stdout == "None\n" and r.stderr.count("RefmarshalWarning") == 1
+    assert "without column positions in its code" in r.stderr
 
 
 IMPORT_TIME = re.compile(r"import time:\s+\d+ \|\s+\d+ \| (.*)")
