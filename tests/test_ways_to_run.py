@@ -127,6 +127,8 @@ FROZEN = [("__hello__", "__hello__.py"), ("__phello__", "__phello__/__init__.py"
 
 
 class Ways:
+    """Runs the venv's interpreter in both modes."""
+
     def __init__(self, python, site, lib, img):
         self.python, self.site, self.lib, self.img = python, site, lib, img
 
@@ -150,6 +152,8 @@ class Ways:
 
 @pytest.fixture(scope="module")
 def ways(venv, tmp_path_factory):  # noqa: F811 - the fixture imported above
+    """The venv, its .pth hook on an image of a source tree (TREE, WAYS_TREE and the frozen
+    test modules) and that tree on sys.path through another .pth; both removed afterwards."""
     python, site = venv
     root = tmp_path_factory.mktemp("ways")
     lib = write_tree(root / "lib", {**TREE, **WAYS_TREE})
@@ -635,7 +639,8 @@ DEBUG = {
     # shows the import's frames) and in a function
     "pdb": (["-m", "pdb", "main.py"],
             "import ways_probe, mod\nprint('result', mod.f(3))\n",
-            ["b mod.py:5", "b mod.py:7", "c", "w", "p WHO", OWN_CMD, "c", "p x, y", "w", "c"]),
+            ["b mod.py:5", "b mod.py:7", "c", "w", "p WHO", OWN_CMD, "c", "p x, y", "w", "c",
+             "q"]),
     # breakpoint() in a module body and in a function of a module from the image
     "breakpoint": (["main.py"], "import ways_probe, bp\nprint('result', bp.h(2))\n",
                    ["w", "p X", OWN_CMD, "n", "n", "p Y", "c", "p z", "w", "n", "c"]),
