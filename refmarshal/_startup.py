@@ -3,7 +3,8 @@ image finder goes.  The image is opened (and the accelerator imported) at the fi
 that reaches it, so ``python -c pass`` pays for two small modules (this one and its package)
 and one stat.
 
-In a subinterpreter (3.12+) it does nothing: see ``in_main_interpreter``.
+In a subinterpreter (3.12+) it does nothing: see ``in_main_interpreter``.  Nor without debug
+ranges (``-X no_debug_ranges``, ``PYTHONNODEBUGRANGES``): see ``importer._debug_ranges``.
 
 Under ``-O`` or ``-OO`` it uses the image built for that level (``default_image_path``) and
 does nothing, silently, when there is none.
@@ -56,6 +57,8 @@ def run(image=None):
         from _frozen_importlib_external import PathFinder
         if sys.flags.ignore_environment:
             env = {}
+        if "no_debug_ranges" in sys._xoptions or env.get("PYTHONNODEBUGRANGES"):
+            return                          # stock, silently: see importer._debug_ranges
         if env.get("REFMARSHAL_IMAGE"):     # a file chosen by hand: used (or declined) as is
             path = os.path.abspath(env["REFMARSHAL_IMAGE"])
         else:

@@ -126,10 +126,11 @@ class ImageLoader(SourceFileLoader):
     and runs the code: no frame of refmarshal's is on the stack while the module's body runs.
     When ``get_code`` hands the code over, the module's ``__loader__`` and ``__spec__.loader``
     become a plain ``SourceFileLoader``, as stock import leaves them (code that looks loaders
-    up by type, such as distlib's resource finders, depends on that).  ``_hook`` is the
-    finder's C state; a slot, so the instance's ``__dict__`` is stock's."""
+    up by type, such as distlib's resource finders, depends on that); so does the loader of
+    the spec ``find_spec`` made (``_spec``), which runpy (``python -m``) runs as ``__main__``.
+    ``_hook`` is the finder's C state; slots, so the instance's ``__dict__`` is stock's."""
 
-    __slots__ = ("_hook",)
+    __slots__ = ("_hook", "_spec")
 
     def __reduce__(self):
         # a copy or a pickle (of a spec, say) is the stock loader: the image stays here
@@ -165,7 +166,20 @@ def _open(path, checked):
     if level != sys.flags.optimize:
         return _decline(path, f"built at optimization level {level}, this interpreter runs "
                               f"at level {sys.flags.optimize}", 5)
+    if not _debug_ranges():
+        return _decline(path, "this interpreter runs without column positions in its code "
+                              "(-X no_debug_ranges or PYTHONNODEBUGRANGES), the image's "
+                              "code has them", 5)
     return ImageFinder(image, checked)
+
+
+def _debug_ranges():
+    """False under -X no_debug_ranges (PYTHONNODEBUGRANGES, or an embedding's config), when
+    every code object the interpreter makes, from source or from a .pyc, loses its column
+    positions (tracebacks show no carets); an image's code keeps those it was built with.
+    The start-up hook steps aside silently for the option and the variable (a user's choice,
+    not a problem: CPython's own tests read such children's stderr); install() says why."""
+    return any(p[2] is not None for p in compile("0", "", "eval").co_positions())
 
 
 def install(path=None, *, checked=True):

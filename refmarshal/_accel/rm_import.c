@@ -177,6 +177,7 @@ static PyObject *serve_from_image(rm_hook *h, PyObject *hook_cap, PyObject *full
     }
     ours = PyObject_CallFunctionObjArgs(p->obj[IO_LOADER_TYPE], fullname, origin, NULL);
     if (!ours || PyObject_SetAttrString(ours, "_hook", hook_cap) < 0
+        || PyObject_SetAttrString(ours, "_spec", spec) < 0
         || PyObject_SetAttrString(spec, "loader", ours) < 0)
         goto done;
     result = Py_NewRef(spec);
@@ -391,6 +392,7 @@ static int find_directly(rm_hook *h, PyObject *hook_cap, PyObject *fullname, PyO
     *out = kw ? PyObject_Call(p->obj[IO_SPEC_FROM_FILE], args, kw) : NULL;
     Py_XDECREF(smsl); Py_XDECREF(args); Py_XDECREF(kw);
     if (!*out) goto done;
+    if (PyObject_SetAttrString(loader, "_spec", *out) < 0) { Py_CLEAR(*out); goto done; }
     h->direct++;
     rc = 1;
 done:
@@ -445,27 +447,65 @@ done:
 }
 
 /* ---- ImageLoader.get_code(fullname) ------------------------------------------------------- */
+/* owner.attr becomes `*stock` (made at the first need) where it is `self`. */
+static void unhook(hook_priv *p, PyObject *self, PyObject *fullname, PyObject *owner,
+                   const char *attr, PyObject **stock) {
+    PyObject *ld = owner ? PyObject_GetAttrString(owner, attr) : NULL;
+    if (ld == self && !*stock) {
+        PyObject *path = PyObject_GetAttrString(self, "path");
+        *stock = path ? PyObject_CallFunctionObjArgs(p->obj[IO_SOURCE_LOADER], fullname, path, NULL)
+                      : NULL;
+        Py_XDECREF(path);
+    }
+    if (ld == self && *stock) PyObject_SetAttrString(owner, attr, *stock);
+    Py_XDECREF(ld);
+    PyErr_Clear();            /* at worst it keeps the ImageLoader */
+}
+
+/* The module whose code the stock exec_module is asking for: that method's `module`, when it
+   is the Python frame that called get_code (a C method pushes no frame of its own), whether
+   or not the module is in sys.modules (module_from_spec then exec_module by hand).  NULL,
+   with no exception set, when something else called get_code (a profiler's wrapper...). */
+static PyObject *module_in_exec(hook_priv *p) {
+    PyFrameObject *frame = PyEval_GetFrame();             /* borrowed */
+    PyObject *exec = frame ? PyObject_GetAttrString(p->obj[IO_SOURCE_LOADER], "exec_module") : NULL;
+    PyObject *want = exec ? PyObject_GetAttrString(exec, "__code__") : NULL;
+    PyCodeObject *code = want ? PyFrame_GetCode(frame) : NULL;
+    PyObject *module = NULL;
+    if (code && (PyObject *)code == want) {
+#if PY_VERSION_HEX >= 0x030C0000
+        module = PyFrame_GetVarString(frame, "module");
+#else
+        PyObject *locals = PyFrame_GetLocals(frame);
+        module = locals ? PyMapping_GetItemString(locals, "module") : NULL;
+        Py_XDECREF(locals);
+#endif
+    }
+    Py_XDECREF(exec); Py_XDECREF(want); Py_XDECREF(code);
+    PyErr_Clear();
+    return module;
+}
+
 /* Once the module's code is handed over, its __loader__ and __spec__.loader become a plain
    SourceFileLoader, as stock import leaves them (code that looks loaders up by type, such as
-   distlib's resource finders, depends on that): the body already runs with them. */
+   distlib's resource finders, depends on that): the body already runs with them.  The spec
+   find_spec made (self._spec) too: runpy (python -m) asks for the code, then runs it as
+   __main__ with that spec's loader.  The module is exec_module's, else sys.modules'. */
 static void use_stock_loader(hook_priv *p, PyObject *self, PyObject *fullname) {
-    PyObject *modules = PyImport_GetModuleDict();         /* borrowed */
-    PyObject *module = modules ? PyObject_GetItem(modules, fullname) : NULL;
-    PyObject *spec = module ? PyObject_GetAttrString(module, "__spec__") : NULL;
-    PyObject *spec_loader = spec ? PyObject_GetAttrString(spec, "loader") : NULL;
-    PyObject *mod_loader = module ? PyObject_GetAttrString(module, "__loader__") : NULL;
-    PyObject *path = NULL, *stock = NULL;
+    PyObject *module = module_in_exec(p), *modules = PyImport_GetModuleDict();  /* borrowed */
+    if (!module && modules) module = PyObject_GetItem(modules, fullname);
     PyErr_Clear();
-    if (spec_loader == self || mod_loader == self) {
-        path = PyObject_GetAttrString(self, "path");
-        stock = path ? PyObject_CallFunctionObjArgs(p->obj[IO_SOURCE_LOADER], fullname, path, NULL)
-                     : NULL;
-        if (stock && spec_loader == self) PyObject_SetAttrString(spec, "loader", stock);
-        if (stock && mod_loader == self) PyObject_SetAttrString(module, "__loader__", stock);
-        PyErr_Clear();        /* at worst the module keeps the ImageLoader */
-    }
-    Py_XDECREF(module); Py_XDECREF(spec); Py_XDECREF(spec_loader); Py_XDECREF(mod_loader);
-    Py_XDECREF(path); Py_XDECREF(stock);
+    PyObject *spec = module ? PyObject_GetAttrString(module, "__spec__") : NULL;
+    PyErr_Clear();
+    PyObject *found = PyObject_GetAttrString(self, "_spec");
+    PyErr_Clear();
+    PyObject *stock = NULL;
+    unhook(p, self, fullname, spec, "loader", &stock);
+    unhook(p, self, fullname, found, "loader", &stock);
+    unhook(p, self, fullname, module, "__loader__", &stock);
+    if (found && PyObject_SetAttrString(self, "_spec", Py_None) < 0)   /* no cycle left */
+        PyErr_Clear();
+    Py_XDECREF(module); Py_XDECREF(spec); Py_XDECREF(found); Py_XDECREF(stock);
 }
 
 static PyObject *loader_get_code(PyObject *self, PyObject *fullname) {
