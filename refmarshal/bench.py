@@ -8,7 +8,6 @@ round to the next, so a change in machine load hits both alike; medians are repo
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 
