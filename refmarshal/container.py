@@ -100,8 +100,10 @@ def assemble_image(names, modules, strings, encode_segment, optimize):
     sindex = bytearray()
     crc_at = F.STRING_RECORD.offset("crc")
     for s in strings:
-        fields = (len(sheap), len(s.data), F.STR_INTERNED if s.interned else 0)
-        sindex += F.STRING.pack(*fields, F.crc32(F.STRING.pack(*fields, 0)[:crc_at], s.data))
+        fields = dict(offset=len(sheap), size=len(s.data),
+                      flags=F.STR_INTERNED if s.interned else 0)
+        crc = F.crc32(F.STRING_RECORD.pack(**fields, crc=0)[:crc_at], s.data)
+        sindex += F.STRING_RECORD.pack(**fields, crc=crc)
         sheap += s.data
     mheap_off = F.align(sheap_off + len(sheap), F.PAGE)
 
@@ -114,13 +116,16 @@ def assemble_image(names, modules, strings, encode_segment, optimize):
         seg_off = mheap_off + len(mheap)
         seg = encode_segment(i, seg_off, base)
         count = len(seg.relocs) // F.RELOC_RECORD.size
-        fields = (F.MOD_PACKAGE if m.is_package else 0, noff, nlen, poff, plen, m.mtime_ns,
-                  m.size, seg_off, len(seg.data), seg.root, nrel, count, seg.nonptr,
-                  F.crc32(seg.data, seg.relocs))
-        body = F.MODULE.pack(0, *fields)
+        fields = dict(flags=F.MOD_PACKAGE if m.is_package else 0, name_offset=noff,
+                      name_length=nlen, path_offset=poff, path_length=plen,
+                      source_mtime_ns=m.mtime_ns, source_size=m.size, segment_offset=seg_off,
+                      segment_size=len(seg.data), root_offset=seg.root, reloc_index=nrel,
+                      reloc_count=count, reloc_nonptr=seg.nonptr,
+                      data_crc=F.crc32(seg.data, seg.relocs))
+        body = F.MODULE_RECORD.pack(entry_crc=0, **fields)
         entry_crc = F.crc32(body[F.MODULE_RECORD.offset("flags"):], blob[noff:noff + nlen],
                             blob[poff:poff + plen])
-        entries.append(F.MODULE.pack(entry_crc, *fields))
+        entries.append(F.MODULE_RECORD.pack(entry_crc=entry_crc, **fields))
         mheap += seg.data
         mheap += bytes(F.align(len(mheap)) - len(mheap))
         relocs += seg.relocs
@@ -131,10 +136,13 @@ def assemble_image(names, modules, strings, encode_segment, optimize):
     sections = [(dir_off, F.MODULE_SIZE * len(names)), (names_off, len(blob)),
                 (sidx_off, len(sindex)), (sheap_off, len(sheap)),
                 (mheap_off, len(mheap)), (reloc_off, len(relocs))]
-    header = bytearray(F.HEADER.pack(
-        F.MAGIC, F.FORMAT_MAJOR, F.FORMAT_MINOR, F.HEADER_SIZE, file_size, base, len(names),
-        len(strings), 0, optimize & F.FLAG_OPTIMIZE_MASK,
-        b"".join(F.SECTION.pack(*s) for s in sections), F.fingerprint()))
+    header = bytearray(F.HEADER_RECORD.pack(
+        magic=F.MAGIC, format_major=F.FORMAT_MAJOR, format_minor=F.FORMAT_MINOR,
+        header_size=F.HEADER_SIZE, file_size=file_size, preferred_base=base,
+        module_count=len(names), string_count=len(strings), header_crc=0,
+        flags=optimize & F.FLAG_OPTIMIZE_MASK,
+        sections=b"".join(F.SECTION_RECORD.pack(offset=o, size=n) for o, n in sections),
+        fingerprint=F.fingerprint()))
     crc_at = F.HEADER_RECORD.offset("header_crc")
     header[crc_at:crc_at + 4] = F.crc32(header).to_bytes(4, "little")
 

@@ -29,10 +29,11 @@ class Record:
     record's bytes, ``struct_format()`` its ``struct`` format.  The C header rm_format.h is
     generated from these (spec/tools/gen_c_header.py): C and Python read the same offsets."""
 
-    __slots__ = ("name", "title", "fields", "size", "_at")
+    __slots__ = ("name", "title", "fields", "size", "_at", "_struct")
 
     def __init__(self, name, title, fields):
         self.name, self.title, self.fields = name, title, fields
+        self._struct = None
         at = self._at = {}           # field -> (start, end, struct code letter)
         pos = 0
         for field, code in fields:
@@ -50,6 +51,19 @@ class Record:
 
     def struct_format(self):
         return "<" + "".join(code for _, code in self.fields)
+
+    def struct(self):
+        """The record as a ``struct.Struct``, made on first use (``struct`` is not imported on
+        the import hook's path)."""
+        if self._struct is None:
+            import struct
+            self._struct = struct.Struct(self.struct_format())
+        return self._struct
+
+    def pack(self, **values):
+        """The record's bytes from its fields by name (reserved ``x`` fields are zero)."""
+        return self.struct().pack(
+            *(values[field] for field, code in self.fields if not code.endswith("x")))
 
     def read(self, data, field, at=0):
         """One field of the record at ``at`` in ``data``: bytes for ``s``/``x`` fields, else an
@@ -116,14 +130,8 @@ def __getattr__(name):
     record = _STRUCTS.get(name)
     if record is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import struct
-    value = globals()[name] = struct.Struct(record.struct_format())
+    value = globals()[name] = record.struct()
     return value
-
-
-def layout(name):
-    """``HEADER``, ``MODULE``... from inside this module (where __getattr__ does not apply)."""
-    return globals().get(name) or __getattr__(name)
 
 
 # Header flags ([HDR-9]).

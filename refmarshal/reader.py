@@ -81,7 +81,8 @@ class ReferenceImage:
         _check(index < self.header["strings"], f"string index {index} out of range")
         data, L = self._data, self.layout
         ioff = self.sections[F.SEC_STRING_INDEX][0] + index * F.STRING_SIZE
-        off, size, flags, crc = F.STRING.unpack_from(data, ioff)
+        e = F.STRING_RECORD.read_all(data, ioff)
+        off, size, flags, crc = e["offset"], e["size"], e["flags"], e["crc"]
         hoff, hsize = self.sections[F.SEC_STRING_HEAP]
         where = f"string {index}"
         _check(off % F.ALIGN == 0 and size % F.ALIGN == 0 and off + size <= hsize,
