@@ -52,6 +52,15 @@ def test_LOAD_1_relocated_mapping_gives_the_same_code(small_image):
         assert same_code(b, compiled(second.entry(n).path))
 
 
+def test_OBJ_5_constants_are_the_interpreters_singletons(small_image):
+    """(What else loaded code does, both readers alike: test_readers.py.)"""
+    img = refmarshal.Image(small_image, implementation="accel")
+    ns = {"__name__": "kinds"}
+    exec(img.get_code("kinds"), ns)
+    assert ns["NEGSMALL"] is -5 and ns["E"] is Ellipsis and ns["B1"] is b"x"
+    assert ns["T"][3] is ()
+
+
 SCRIPT = textwrap.dedent('''
     import sys, dis, inspect, traceback, refmarshal
     img = refmarshal.Image(sys.argv[1], implementation="accel")
