@@ -26,11 +26,12 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PROJECT = os.path.dirname(HERE)
+sys.path.insert(0, PROJECT)
+from refmarshal.hookstate import probe_code  # noqa: E402
+
 PACKAGES = ["sympy", "boto3", "django"]
 STATEMENTS = ["pass", "import sympy", "import boto3", "import django.contrib.admin"]
-PROBE = ("\nimport sys\nf = [f for f in sys.meta_path if type(f).__module__ == "
-         "'refmarshal.importer']\nprint(f[0].hits if f else 0, f[0].fallbacks if f else 0, "
-         "len(sys.modules))")
+PROBE = "\n" + probe_code("f.hits if f else 0", "f.fallbacks if f else 0", "len(sys.modules)")
 
 
 def sh(argv, **kw):

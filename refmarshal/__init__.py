@@ -15,7 +15,7 @@ __all__ = ["ImageError", "Image", "build", "accelerator_available"]
 
 def __getattr__(name):
     if name == "build":
-        from .writer import build
+        from .building import build
         return build
     if name == "ImageError":    # not imported with the package: the start-up hook needs none
         from .errors import ImageError

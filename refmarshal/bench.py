@@ -8,9 +8,10 @@ round to the next, so a change in machine load hits both alike; medians are repo
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
+
+from .hookstate import probe_code
 
 # Tried in this order; the first few that are installed are measured by default.
 HEAVY_PACKAGES = ("sympy", "boto3", "django.contrib.admin", "pandas", "requests", "setuptools")
@@ -18,12 +19,7 @@ STDLIB_FALLBACK = ("asyncio", "unittest", "http.server")
 
 # What a child reports after its statement, when asked: modules served by the image, modules
 # imported in all.  (-1 when no refmarshal finder is on sys.meta_path.)
-_PROBE = """
-import sys
-f = [f for f in sys.meta_path if type(f).__module__ == "refmarshal.importer"]
-hits = f[0].hits if f else -1
-print(hits if isinstance(hits, int) else len(hits), len(sys.modules))
-"""
+_PROBE = probe_code("f.hits if f else -1", "len(sys.modules)")
 
 
 class BenchError(Exception):

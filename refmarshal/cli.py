@@ -64,11 +64,8 @@ def finder_image(env=None):
     source tree."""
     import subprocess
     import tempfile
-    # The hook puts a placeholder on sys.meta_path that installs the finder at the first
-    # import reaching it: a module that does not exist is such an import.
-    code = ("import sys\ntry: import refmarshal_probe_no_such_module\nexcept ImportError: pass\n"
-            "f = [f for f in sys.meta_path if type(f).__module__ == 'refmarshal.importer']\n"
-            "print(f[0].path if f else '')")
+    from .hookstate import probe_code
+    code = probe_code("f.path if f else ''", wake=True)
     with tempfile.TemporaryDirectory(prefix="refmarshal-") as cwd:
         proc = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env,
                               capture_output=True, text=True)
@@ -123,7 +120,7 @@ def _selection(args):
 
 def build_image(output, modules, jobs, verbose=False):
     """Write the image and print the summary; returns the BuildResult."""
-    from .writer import build
+    from .building import build
     if not modules:
         raise CliError("nothing to build: no Python modules found")
     os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
@@ -156,11 +153,10 @@ def cmd_build(args):
 
 def _usable(path):
     """None when ``path`` is an image this interpreter can open, else why not."""
-    from . import format as F
+    from .container import check_file
     from .errors import ImageError
     try:
-        with open(path, "rb") as fh:
-            F.check_header(fh.read(F.HEADER_SIZE), os.fstat(fh.fileno()).st_size)
+        check_file(path)
     except FileNotFoundError:
         return "missing"
     except (OSError, ImageError) as exc:
@@ -228,60 +224,41 @@ def cmd_disable(args):
 
 # ------------------------------------------------------------------------------ info
 
-def _open_header(path):
-    """The header fields of any image file, this interpreter's or not, plus its size."""
-    from . import format as F
-    try:
-        with open(path, "rb") as fh:
-            hdr = fh.read(F.HEADER_SIZE)
-            size = os.fstat(fh.fileno()).st_size
-    except OSError as exc:
-        raise CliError(f"{path}: {exc.strerror or exc}") from None
-    if len(hdr) < F.HEADER_SIZE or hdr[:8] != F.MAGIC:
-        raise CliError(f"{path}: not a refmarshal image")
-    fields = F.HEADER.unpack(hdr)
-    return hdr, size, fields
-
-
-def _entries(path):
-    """Every directory entry of an image this interpreter can read (reader's checks)."""
-    import mmap
-    from . import format as F
+def _directory(path):
+    """container.directory(path), its failures as CliError."""
+    from .container import directory
     from .errors import ImageError
-    from .reader import read_entry
-    with open(path, "rb") as fh:
-        mem = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
     try:
-        header = F.check_header(mem[:F.HEADER_SIZE], len(mem))
-        entries = [read_entry(mem, header["sections"], i)[1] for i in range(header["modules"])]
-        roff, rsize = header["sections"][5]
-        relocs = memoryview(mem[roff:roff + rsize]).cast("I")
-        str_refs = sum(1 for r in relocs if r & 7 == F.R_STR)
-    except ImageError as exc:
-        raise CliError(f"{path}: {exc}") from None
-    finally:
-        mem.close()
-    return header, entries, str_refs
+        return directory(path)
+    except (OSError, ImageError) as exc:
+        raise CliError(f"{path}: {getattr(exc, 'strerror', None) or exc}") from None
 
 
 def cmd_info(args):
     from . import format as F
+    from .container import peek_header
+    from .errors import ImageError
     path = _image_arg(args.path)
-    hdr, size, fields = _open_header(path)
-    magic, major, minor, hsize, fsize, base, nmod, nstr, crc, flags, sect, fp = fields
+    try:
+        fields, size = peek_header(path)       # any image, this interpreter's or not
+    except OSError as exc:
+        raise CliError(f"{path}: {exc.strerror or exc}") from None
+    except ImageError as exc:
+        raise CliError(f"{path}: {exc}") from None
     built = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(os.stat(path).st_mtime))
     _say(f"image        {path}")
     _say(f"size         {size:,} bytes ({_mb(size)}); written {built} (file time)")
-    _say(f"format       {major}.{minor}")
-    _say(f"interpreter  {F.describe_fingerprint(fp)}")
+    _say(f"format       {fields['format_major']}.{fields['format_minor']}")
+    _say(f"interpreter  {F.describe_fingerprint(fields['fingerprint'])}")
     problem = _usable(path)
     _say(f"usable here  {'yes' if problem is None else 'no: ' + problem}")
-    _say(f"optimize     {flags & F.FLAG_OPTIMIZE_MASK}")
+    _say(f"optimize     {fields['flags'] & F.FLAG_OPTIMIZE_MASK}")
     if problem is not None:
         raise CliError(f"{path}: {problem}")
-    header, entries, str_refs = _entries(path)
+    header, entries, reloc_counts = _directory(path)
     packages = sum(e.is_package for e in entries)
-    _say(f"modules      {nmod} ({packages} packages)")
+    nstr, str_refs = header["strings"], reloc_counts[F.R_STR]
+    _say(f"modules      {header['modules']} ({packages} packages)")
     share = f"{str_refs / nstr:.1f}" if nstr else "-"
     _say(f"strings      {nstr:,} distinct, stored once; {str_refs:,} references "
          f"({share} per string)")
@@ -301,7 +278,7 @@ def cmd_verify(args):
     import marshal
     from . import Image, accelerator_available
     from .errors import ImageError
-    from .writer import compile_module
+    from .building import compile_module
     path = _image_arg(args.path)
     if not accelerator_available():
         raise CliError("the accelerator is not built for this interpreter; nothing to verify "
@@ -348,12 +325,12 @@ def cmd_verify(args):
 # ------------------------------------------------------------------------------ status
 
 def _source_state(entry):
-    """'current', 'stale' (mtime or size differ) or 'missing' for an image's module."""
-    try:
-        st = os.stat(entry.path)
-    except OSError:
-        return "missing"
-    return "current" if (st.st_mtime_ns, st.st_size) == (entry.mtime_ns, entry.size) else "stale"
+    """'current', 'stale' (mtime or size differ) or 'missing' for an image's module: 'current'
+    exactly when the import hook serves it from the image (importer.source_unchanged decides)."""
+    from .importer import source_unchanged
+    if source_unchanged(entry):
+        return "current"
+    return "stale" if os.path.exists(entry.path) else "missing"
 
 
 def cmd_status(args):
@@ -377,7 +354,7 @@ def cmd_status(args):
     if problem:
         _say(f"current   no: image {problem}")
         return 1
-    header, entries, _ = _entries(image)
+    entries = _directory(image).entries
     states = [(e, _source_state(e)) for e in entries]
     bad = [(e, s) for e, s in states if s != "current"]
     stale = sum(s == "stale" for _, s in bad)

@@ -1,7 +1,10 @@
-"""The image container: every constant and record layout of spec sections 2-5, in one place.
+"""The image format's constants and record layouts (spec sections 2-5): the one source of truth.
 
-Reader and writer both import from here, so the two can only disagree about the format through
-code, never through a copied number.  Per-version object layouts live in ``layouts.py``.
+Writers, readers and the CLI import them from here, and the C code includes
+``_accel/rm_format.h``, which spec/tools/gen_c_header.py generates from this module (a test
+checks it is current): the implementations can disagree about the format only through code,
+never through a copied number.  Per-version object layouts live in ``layouts.py``; how the
+file is put together and taken apart, in ``container.py``.
 
 The import hook's path (the accelerator checking a header) imports this module at a process's
 first import, so it does not import ``struct``: the record layouts below are ``struct.Struct``
@@ -15,38 +18,120 @@ from .errors import ImageError
 MAGIC = b"\x89RMI\r\n\x1a\n"     # [HDR-1]
 FORMAT_MAJOR = 1                 # [HDR-2] a reader rejects any other major version
 FORMAT_MINOR = 0                 # [HDR-2] a reader accepts any minor version
-HEADER_SIZE = 256
 PAGE = 4096                      # [SEC-3] heaps start on this boundary
 ALIGN = 8                        # [OBJ-1] every object (or its GC header) starts 8-aligned
-MODULE_SIZE = 80                 # [SEC-2] bytes per directory entry (spec 3.1)
-STRING_SIZE = 16                 # [SEC-2] bytes per string index entry (spec 4.1)
-FINGERPRINT_OFFSET, FINGERPRINT_SIZE = 144, 112     # [HDR-7] spec 2.2
 
-# Record layouts (little-endian), as struct formats; ``HEADER`` etc. are ``struct.Struct``
-# objects made from these on first use (module __getattr__ below).
-LAYOUTS = {
-    "HEADER": "<8sHHIQQIIII96s112s",     # spec 2.1
-    "SECTION": "<QQ",                    # spec 2.3
-    "FINGERPRINT": "<I4sBBH16s84s",      # spec 2.2
-    "MODULE": "<IIIIIIqQQIIIIII8x",      # spec 3.1
-    "STRING": "<IIII",                   # spec 4.1
-    "RELOC": "<I",                       # spec 5.3: (slot_word << 3) | kind
-}
+
+class Record:
+    """A fixed-size little-endian record of the format: its fields in order, each a name and a
+    ``struct`` code (``"I"``, ``"Q"``, ``"8s"``; ``"8x"`` for reserved bytes, which ``struct``
+    skips).  ``offset(name)`` and ``width(name)`` say where a field lies, ``size`` is the
+    record's bytes, ``struct_format()`` its ``struct`` format.  The C header rm_format.h is
+    generated from these (spec/tools/gen_c_header.py): C and Python read the same offsets."""
+
+    __slots__ = ("name", "title", "fields", "size", "_at", "_struct")
+
+    def __init__(self, name, title, fields):
+        self.name, self.title, self.fields = name, title, fields
+        self._struct = None
+        at = self._at = {}           # field -> (start, end, struct code letter)
+        pos = 0
+        for field, code in fields:
+            end = pos + (int(code[:-1]) if len(code) > 1 else _CODE_BYTES[code])
+            at[field] = (pos, end, code[-1])
+            pos = end
+        self.size = pos
+
+    def offset(self, field):
+        return self._at[field][0]
+
+    def width(self, field):
+        start, end, _ = self._at[field]
+        return end - start
+
+    def struct_format(self):
+        return "<" + "".join(code for _, code in self.fields)
+
+    def struct(self):
+        """The record as a ``struct.Struct``, made on first use (``struct`` is not imported on
+        the import hook's path)."""
+        if self._struct is None:
+            import struct
+            self._struct = struct.Struct(self.struct_format())
+        return self._struct
+
+    def pack(self, **values):
+        """The record's bytes from its fields by name (reserved ``x`` fields are zero)."""
+        return self.struct().pack(
+            *(values[field] for field, code in self.fields if not code.endswith("x")))
+
+    def read(self, data, field, at=0):
+        """One field of the record at ``at`` in ``data``: bytes for ``s``/``x`` fields, else an
+        int (without ``struct``: this module is on the import hook's path)."""
+        start, end, kind = self._at[field]
+        raw = data[at + start:at + end]
+        if kind in "sx":
+            return bytes(raw)
+        return int.from_bytes(raw, "little", signed=kind == "q")
+
+    def read_all(self, data, at=0):
+        """Every field of the record at ``at`` in ``data``, as a dict by field name."""
+        return {field: self.read(data, field, at) for field, _ in self.fields}
+
+
+_CODE_BYTES = {"B": 1, "H": 2, "I": 4, "Q": 8, "q": 8}
+
 SECTION_NAMES = ("directory", "names", "string_index", "string_heap", "module_heap", "relocations")
+SECTION_COUNT = len(SECTION_NAMES)
+# Indices into the section table ([SEC-1]).
+SEC_DIRECTORY, SEC_NAMES, SEC_STRING_INDEX, SEC_STRING_HEAP, SEC_MODULE_HEAP, SEC_RELOCATIONS = \
+    range(SECTION_COUNT)
+
+SECTION_RECORD = Record("SECT", "an entry of the section table (spec 2.3)", (
+    ("offset", "Q"), ("size", "Q")))
+FINGERPRINT_RECORD = Record("FP", "the interpreter build an image is for (spec 2.2)", (
+    ("hexversion", "I"), ("pyc_magic", "4s"), ("ptr_size", "B"), ("byte_order", "B"),
+    ("build_flags", "H"), ("cache_tag", "16s"), ("version", "84s")))
+HEADER_RECORD = Record("HDR", "the header (spec 2.1)", (
+    ("magic", f"{len(MAGIC)}s"), ("format_major", "H"), ("format_minor", "H"),
+    ("header_size", "I"), ("file_size", "Q"), ("preferred_base", "Q"), ("module_count", "I"),
+    ("string_count", "I"), ("header_crc", "I"), ("flags", "I"),
+    ("sections", f"{SECTION_COUNT * SECTION_RECORD.size}s"),
+    ("fingerprint", f"{FINGERPRINT_RECORD.size}s")))
+MODULE_RECORD = Record("DIR", "a module directory entry (spec 3.1)", (
+    ("entry_crc", "I"), ("flags", "I"), ("name_offset", "I"), ("name_length", "I"),
+    ("path_offset", "I"), ("path_length", "I"), ("source_mtime_ns", "q"), ("source_size", "Q"),
+    ("segment_offset", "Q"), ("segment_size", "I"), ("root_offset", "I"), ("reloc_index", "I"),
+    ("reloc_count", "I"), ("reloc_nonptr", "I"), ("data_crc", "I"), ("reserved", "8x")))
+STRING_RECORD = Record("STRIDX", "a string index entry (spec 4.1)", (
+    ("offset", "I"), ("size", "I"), ("flags", "I"), ("crc", "I")))
+RELOC_RECORD = Record("RELOC", "a relocation record: (slot << RELOC_KIND_BITS) | kind (spec 5.3)", (
+    ("record", "I"),))
+RELOC_KIND_BITS = 3
+RELOC_KIND_MASK = (1 << RELOC_KIND_BITS) - 1
+
+RECORDS = (HEADER_RECORD, SECTION_RECORD, FINGERPRINT_RECORD, MODULE_RECORD, STRING_RECORD,
+           RELOC_RECORD)
+
+HEADER_SIZE = HEADER_RECORD.size                               # [HDR-3] 256
+MODULE_SIZE = MODULE_RECORD.size                               # [SEC-2] 80 bytes an entry
+STRING_SIZE = STRING_RECORD.size                               # [SEC-2] 16 bytes an entry
+FINGERPRINT_OFFSET = HEADER_RECORD.offset("fingerprint")       # [HDR-7] spec 2.2
+FINGERPRINT_SIZE = FINGERPRINT_RECORD.size
+SECTION_TABLE_OFFSET = HEADER_RECORD.offset("sections")        # [SEC-1]
+
+# The records as ``struct.Struct`` objects (``HEADER`` etc.), made on first use by the module
+# __getattr__ below: ``struct`` is not imported on the import hook's path.
+_STRUCTS = {"HEADER": HEADER_RECORD, "SECTION": SECTION_RECORD, "FINGERPRINT": FINGERPRINT_RECORD,
+            "MODULE": MODULE_RECORD, "STRING": STRING_RECORD, "RELOC": RELOC_RECORD}
 
 
 def __getattr__(name):
-    fmt = LAYOUTS.get(name)
-    if fmt is None:
+    record = _STRUCTS.get(name)
+    if record is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import struct
-    value = globals()[name] = struct.Struct(fmt)
+    value = globals()[name] = record.struct()
     return value
-
-
-def layout(name):
-    """``HEADER``, ``MODULE``... from inside this module (where __getattr__ does not apply)."""
-    return globals().get(name) or __getattr__(name)
 
 
 # Header flags ([HDR-9]).
@@ -56,8 +141,9 @@ MOD_PACKAGE = 0x1                # directory entry flags (spec 3.1)
 STR_INTERNED = 0x1               # string index entry flags (spec 4.1)
 
 # Relocation kinds: spec 5.3.
-R_TYPE, R_CONST, R_STR, R_FROZENSET, R_PTR = range(5)
 RELOC_KIND_NAMES = ("TYPE", "CONST", "STR", "FROZENSET", "PTR")
+R_TYPE, R_CONST, R_STR, R_FROZENSET, R_PTR = range(len(RELOC_KIND_NAMES))
+R_KINDS = len(RELOC_KIND_NAMES)
 
 # Type codes written in ob_type: spec 5.2.
 T_STR, T_BYTES, T_TUPLE, T_INT, T_FLOAT, T_COMPLEX, T_CODE = range(1, 8)
@@ -66,9 +152,11 @@ TYPE_NAMES = {T_STR: "str", T_BYTES: "bytes", T_TUPLE: "tuple", T_INT: "int",
 
 # Singleton ids for R_CONST: spec 5.4.
 C_NONE, C_TRUE, C_FALSE, C_ELLIPSIS, C_EMPTY_TUPLE, C_EMPTY_BYTES, C_EMPTY_STR = range(7)
+C_FIXED_END = 7                  # ids below this are the fixed singletons above
 C_SMALL_INT = 0x100              # + (n + 5) for -5 <= n <= 256
 C_LATIN1 = 0x300                 # + code point, 0..255
 C_BYTE = 0x400                   # + byte value, for bytes of length 1
+C_END = C_BYTE + 256             # one past the largest id
 SMALL_INT_MIN, SMALL_INT_MAX = -5, 256
 
 
@@ -96,8 +184,8 @@ def singleton_id(obj):
 
 def singleton(cid):
     """The object a R_CONST id names; raises KeyError for an id the spec does not define."""
-    fixed = (None, True, False, Ellipsis, (), b"", "")
-    if cid < len(fixed):
+    fixed = (None, True, False, Ellipsis, (), b"", "")       # C_NONE .. C_EMPTY_STR
+    if cid < C_FIXED_END:
         return fixed[cid]
     if C_SMALL_INT <= cid <= C_SMALL_INT + SMALL_INT_MAX - SMALL_INT_MIN:
         return cid - C_SMALL_INT + SMALL_INT_MIN
@@ -143,10 +231,11 @@ def fingerprint():
 
 def describe_fingerprint(fp):
     """A short human description of a fingerprint, for error messages and ``info``."""
-    hexversion, magic, psize, order, flags, tag, version = layout("FINGERPRINT").unpack(fp)
-    tag = tag.rstrip(b"\0").decode("ascii", "replace")
-    version = version.rstrip(b"\0").decode("utf-8", "replace").split("\n")[0]
-    return f"{tag} ({version}), {psize * 8}-bit {'little' if order == ord('L') else 'big'}-endian"
+    f = FINGERPRINT_RECORD.read_all(fp)
+    tag = f["cache_tag"].rstrip(b"\0").decode("ascii", "replace")
+    version = f["version"].rstrip(b"\0").decode("utf-8", "replace").split("\n")[0]
+    order = "little" if f["byte_order"] == ord("L") else "big"
+    return f"{tag} ({version}), {f['ptr_size'] * 8}-bit {order}-endian"
 
 
 def align(n, a=ALIGN):
@@ -158,42 +247,55 @@ def preferred_base(key):
     return 0x1000_0000_0000 + (crc32(key) % 0x10000) * 0x4000_0000
 
 
+def parse_header(hdr):
+    """Every field of the 256 header bytes by its spec name (``HEADER_RECORD``), unchecked, with
+    ``sections`` as a list of (offset, size), indexed by ``SEC_*``: for any image, this
+    interpreter's or not."""
+    fields = HEADER_RECORD.read_all(hdr)
+    read, at = SECTION_RECORD.read, SECTION_TABLE_OFFSET
+    fields["sections"] = [
+        (read(hdr, "offset", at + i * SECTION_RECORD.size), read(hdr, "size", at + i * SECTION_RECORD.size))
+        for i in range(SECTION_COUNT)]
+    return fields
+
+
 def check_header(hdr, file_size, crc=crc32):
     """Check what the 256 header bytes alone can show ([HDR-1..9], [SEC-2]); returns its fields
-    and the section table.  ``crc``: a function like ``crc32`` (the accelerator passes its own).
-    Shared by the reference reader and the accelerator's Python side.  Fields are read at the
-    offsets of spec 2.1 (the layout ``HEADER`` packs), without ``struct``."""
-    def u(off, size):
-        return int.from_bytes(hdr[off:off + size], "little")
-    magic, major, minor, hsize, fsize = hdr[0:8], u(8, 2), u(10, 2), u(12, 4), u(16, 8)
-    base, nmod, nstr, hcrc, flags = u(24, 8), u(32, 4), u(36, 4), u(40, 4), u(44, 4)
-    fp = bytes(hdr[FINGERPRINT_OFFSET:FINGERPRINT_OFFSET + FINGERPRINT_SIZE])
-    if magic != MAGIC:
+    (``base``, ``modules``, ``strings``, ``optimize``, ``fingerprint``, ``sections``) and the
+    raw ones of ``parse_header``.  ``crc``: a function like ``crc32`` (the accelerator passes
+    its own).  Used by the reference reader, the accelerator's Python side and the CLI."""
+    h = parse_header(hdr)
+    major, minor = h["format_major"], h["format_minor"]
+    if h["magic"] != MAGIC:
         raise ImageError("not a refmarshal image (bad magic)")
     if major != FORMAT_MAJOR:
         raise ImageError(f"format version {major}.{minor} is not supported "
                          f"(this reader reads {FORMAT_MAJOR}.x)")
-    if hsize != HEADER_SIZE:
-        raise ImageError(f"header size {hsize} is not {HEADER_SIZE}")
-    if fsize != file_size:
-        raise ImageError(f"truncated or extended: header says {fsize} bytes, file has {file_size}")
-    if crc(hdr[:40], bytes(4), hdr[44:]) != hcrc:
+    if h["header_size"] != HEADER_SIZE:
+        raise ImageError(f"header size {h['header_size']} is not {HEADER_SIZE}")
+    if h["file_size"] != file_size:
+        raise ImageError(f"truncated or extended: header says {h['file_size']} bytes, "
+                         f"file has {file_size}")
+    crc_at = HEADER_RECORD.offset("header_crc")
+    if crc(hdr[:crc_at], bytes(4), hdr[crc_at + 4:]) != h["header_crc"]:
         raise ImageError("header checksum mismatch")
-    here = fingerprint()
+    fp, here = h["fingerprint"], fingerprint()
     if fp != here:
         raise ImageError(f"image is for {describe_fingerprint(fp)}; "
                          f"this interpreter is {describe_fingerprint(here)}")
+    flags, base = h["flags"], h["preferred_base"]
     if flags & ~FLAG_OPTIMIZE_MASK:
         raise ImageError(f"reserved header flags set: {flags:#x}")
     if not (base % 0x4000_0000 == 0 and 0 < base < 1 << 47):
         raise ImageError(f"bad preferred base {base:#x}")
-    sections = [(u(48 + 16 * i, 8), u(56 + 16 * i, 8)) for i in range(len(SECTION_NAMES))]
-    if sections[0][1] != nmod * MODULE_SIZE:
+    sections = h["sections"]
+    if sections[SEC_DIRECTORY][1] != h["module_count"] * MODULE_SIZE:
         raise ImageError("directory size does not match module count")
-    if sections[2][1] != nstr * STRING_SIZE:
+    if sections[SEC_STRING_INDEX][1] != h["string_count"] * STRING_SIZE:
         raise ImageError("string index size does not match string count")
-    return dict(base=base, modules=nmod, strings=nstr, optimize=flags & FLAG_OPTIMIZE_MASK,
-                fingerprint=fp, sections=sections)
+    h.update(base=base, modules=h["module_count"], strings=h["string_count"],
+             optimize=flags & FLAG_OPTIMIZE_MASK)
+    return h
 
 
 class ModuleEntry:

@@ -119,6 +119,17 @@ class ImageFinder:
         return self._c.fallbacks
 
 
+def source_unchanged(entry):
+    """True when the module's source has the mtime and size its directory entry recorded: the
+    rule checked mode applies (in C, rm_import.c: source_unchanged) before serving a module;
+    the CLI applies it here to say which modules are stale."""
+    try:
+        st = os.stat(entry.path)
+    except OSError:
+        return False
+    return st.st_mtime_ns == entry.mtime_ns and st.st_size == entry.size
+
+
 class ImageLoader(SourceFileLoader):
     """A ``SourceFileLoader`` whose code comes from the image; everything else is stock.
 

@@ -172,13 +172,6 @@ INT_FIELDS_312 = _f(*_HEAD, ("long_value.lv_tag", 16, 8, "uintptr_t", "value"),
                     ("long_value.ob_digit", 24, 4, "uint32_t[]", "value"))
 
 
-def field(fields, name):
-    for f in fields:
-        if f.name == name:
-            return f
-    raise KeyError(name)
-
-
 def current():
     """The layout of the running interpreter, or None when this build is not supported."""
     return LAYOUTS.get(sys.version_info[:2])

@@ -12,66 +12,12 @@ import struct
 
 from . import format as F
 from .bytecode import deoptimize
+from .container import check as _check, read_directory, read_header, read_relocations, \
+    segment_bytes
 from .errors import ImageError
-from .format import ModuleEntry
 from .graph import Code, FrozenSet, Str, emit_marshal, walk_code, walk_nodes
 from .layouts import current
-from .writer import derived_code_fields, reset_value, str_kind
-
-
-def read_entry(mem, sections, i):
-    """Directory entry i, its checksum and reserved fields checked ([DIR-1]); shared by the
-    reference reader and the accelerator.  Returns (name bytes, ModuleEntry)."""
-    doff, _ = sections[0]
-    noff, nsize = sections[1]
-    raw = bytes(mem[doff + i * F.MODULE.size:doff + (i + 1) * F.MODULE.size])
-    (crc, flags, n_off, n_len, p_off, p_len, mtime, size, seg_off, seg_size, root,
-     r_index, r_count, r_nonptr, dcrc) = F.MODULE.unpack(raw)
-    where = f"directory entry {i}"
-    _check(n_off + n_len <= nsize and p_off + p_len <= nsize,
-           f"{where}: name or path outside the names section")
-    name_b = bytes(mem[noff + n_off:noff + n_off + n_len])
-    path_b = bytes(mem[noff + p_off:noff + p_off + p_len])
-    _check(F.crc32(raw[4:], name_b, path_b) == crc, f"{where}: checksum mismatch")
-    _check(raw[72:80] == bytes(8), f"{where}: reserved bytes are not zero")
-    _check(flags & ~F.MOD_PACKAGE == 0, f"{where}: reserved flags set")
-    return name_b, ModuleEntry(
-        name=name_b.decode("utf-8"), path=os.fsdecode(path_b), mtime_ns=mtime, size=size,
-        is_package=bool(flags & F.MOD_PACKAGE), seg_off=seg_off, seg_size=seg_size,
-        root=root, reloc_index=r_index, reloc_count=r_count, reloc_nonptr=r_nonptr,
-        data_crc=dcrc)
-
-
-def read_entry_name(mem, sections, i):
-    """Only the name bytes of directory entry i (for binary search: checked by read_entry)."""
-    doff, _ = sections[0]
-    noff, nsize = sections[1]
-    n_off, n_len = struct.unpack_from("<II", mem, doff + i * F.MODULE.size + 8)
-    _check(n_off + n_len <= nsize, f"directory entry {i}: name outside the names section")
-    return bytes(mem[noff + n_off:noff + n_off + n_len])
-
-
-def _check(cond, what):
-    if not cond:
-        raise ImageError(what)
-
-
-def read_header(data, layout=None):
-    """Validate the header and section table ([HDR-*], [SEC-*]); returns (fields, sections)."""
-    _check(len(data) >= F.HEADER_SIZE, f"truncated: {len(data)} bytes is shorter than the header")
-    fields = F.check_header(bytes(data[:F.HEADER_SIZE]), len(data))
-    fsize, sections = len(data), fields["sections"]
-    prev_end = F.HEADER_SIZE
-    for name, (off, size) in zip(F.SECTION_NAMES, sections):
-        need = F.PAGE if name in ("string_heap", "module_heap") else F.ALIGN
-        _check(off % need == 0, f"section {name} at {off} is not {need}-aligned")
-        _check(off >= prev_end and off + size <= fsize,
-               f"section {name} ({off}+{size}) overlaps another or runs past the end")
-        _check(not any(data[prev_end:off]), f"padding before section {name} is not zero")
-        prev_end = off + size
-    _check(prev_end == fsize, "data after the last section")
-    _check(sections[5][1] % F.RELOC.size == 0, "relocation section size is not a multiple of 4")
-    return fields, sections
+from .objects import STR_HEAD_FORMAT, derived_code_fields, reset_value, str_kind
 
 
 class ReferenceImage:
@@ -91,41 +37,15 @@ class ReferenceImage:
             raise ImageError("this interpreter version is not supported")
         self._data = data
         try:
-            self.header, self.sections = read_header(data)
-            self._entries = self._read_directory()
+            self.header = read_header(data)
+            self.sections = self.header["sections"]
+            self._entries = read_directory(data, self.header)
         except ImageError as exc:
             raise ImageError(f"{self.path}: {exc}") from None
         except Exception as exc:   # a bug or a case the checks above missed: still an ImageError
             raise ImageError(f"{self.path}: malformed image ({type(exc).__name__}: {exc})") from None
         self._by_name = {e.name: e for e in self._entries}
         self._strings = {}
-
-    # -- directory ([DIR-*]) --
-    def _read_directory(self):
-        data = self._data
-        moff, msize = self.sections[4]
-        roff, rsize = self.sections[5]
-        entries, prev = [], None
-        next_reloc, next_seg = 0, moff
-        for i in range(self.header["modules"]):
-            name_b, e = read_entry(data, self.sections, i)
-            where = f"directory entry {i}"
-            _check(e.name and (prev is None or name_b > prev),
-                   f"{where}: names are not unique and sorted")
-            prev = name_b
-            _check(e.seg_off % F.ALIGN == 0 and moff <= e.seg_off
-                   and e.seg_off + e.seg_size <= moff + msize,
-                   f"{where}: segment outside the module heap")
-            _check(e.root % F.ALIGN == 0 and e.root < e.seg_size,
-                   f"{where}: root outside its segment")
-            _check(e.reloc_nonptr <= e.reloc_count and e.reloc_index == next_reloc,
-                   f"{where}: relocation records do not follow the previous module's")
-            _check(e.seg_off == next_seg, f"{where}: segment does not follow the previous one")
-            next_reloc, next_seg = e.reloc_index + e.reloc_count, e.seg_off + e.seg_size
-            entries.append(e)
-        _check(next_reloc * F.RELOC.size == rsize, "relocation records not owned by a module")
-        _check(next_seg == moff + msize, "module heap bytes not owned by a module")
-        return entries
 
     # -- public API --
     def names(self):
@@ -160,17 +80,19 @@ class ReferenceImage:
             return self._strings[index]
         _check(index < self.header["strings"], f"string index {index} out of range")
         data, L = self._data, self.layout
-        ioff = self.sections[2][0] + index * F.STRING.size
-        off, size, flags, crc = F.STRING.unpack_from(data, ioff)
-        hoff, hsize = self.sections[3]
+        ioff = self.sections[F.SEC_STRING_INDEX][0] + index * F.STRING_SIZE
+        e = F.STRING_RECORD.read_all(data, ioff)
+        off, size, flags, crc = e["offset"], e["size"], e["flags"], e["crc"]
+        hoff, hsize = self.sections[F.SEC_STRING_HEAP]
         where = f"string {index}"
         _check(off % F.ALIGN == 0 and size % F.ALIGN == 0 and off + size <= hsize,
                f"{where}: outside the string heap")
         _check(flags & ~F.STR_INTERNED == 0, f"{where}: reserved flags set")
         raw = data[hoff + off:hoff + off + size]
-        _check(F.crc32(data[ioff:ioff + 12], raw) == crc, f"{where}: checksum mismatch")
+        crc_at = F.STRING_RECORD.offset("crc")
+        _check(F.crc32(data[ioff:ioff + crc_at], raw) == crc, f"{where}: checksum mismatch")
         _check(size >= L.str_ascii_header + F.ALIGN, f"{where}: too small")
-        refcnt, tcode, length, h, state = struct.unpack_from("<qQqqI", raw, 0)
+        refcnt, tcode, length, h, state = struct.unpack_from(STR_HEAD_FORMAT, raw, 0)
         _check(refcnt == L.refcnt and tcode == F.T_STR and h == -1, f"{where}: bad header")
         kind, compact, ascii = (state >> 2) & 7, (state >> 5) & 1, (state >> 6) & 1
         bit7 = 1 if L.str_state_bit7 == "ready" else 0
@@ -198,21 +120,8 @@ class _ModuleParser:
 
     def __init__(self, image, entry):
         self.img, self.e, self.L = image, entry, image.layout
-        data = image._data
-        self.seg = data[entry.seg_off:entry.seg_off + entry.seg_size]
-        r0 = image.sections[5][0] + entry.reloc_index * F.RELOC.size
-        rbytes = data[r0:r0 + entry.reloc_count * F.RELOC.size]
-        _check(F.crc32(self.seg, rbytes) == entry.data_crc, "segment checksum mismatch")
-        self.relocs = {}
-        prev = None
-        for i, (rec,) in enumerate(F.RELOC.iter_unpack(rbytes)):
-            slot, kind = rec >> 3, rec & 7
-            _check(kind <= F.R_PTR, f"relocation {i}: unknown kind {kind}")
-            _check(slot * 8 + 8 <= entry.seg_size, f"relocation {i}: slot outside the segment")
-            _check(prev is None or (kind, slot) > prev, "relocations are not sorted and unique")
-            _check((kind != F.R_PTR) == (i < entry.reloc_nonptr), "non-pointer count is wrong")
-            prev = (kind, slot)
-            self.relocs[slot] = kind
+        self.seg, rbytes = segment_bytes(image._data, image.sections, entry)
+        self.relocs = read_relocations(rbytes, entry)      # slot word -> kind
         self.used = set()
         self.memo = {}
         self.base = image.header["base"]
@@ -266,8 +175,9 @@ class _ModuleParser:
         self.reloc(off + 8, (F.R_TYPE,))
         refcnt, tcode = struct.unpack_from("<qQ", self.seg, off)
         _check(refcnt == self.L.refcnt, f"object at {off}: refcount {refcnt} is not {self.L.refcnt}")
-        parse = {F.T_TUPLE: self.tuple, F.T_BYTES: self.bytes, F.T_INT: self.int,
-                 F.T_FLOAT: self.float, F.T_COMPLEX: self.complex, F.T_CODE: self.code}.get(tcode)
+        parse = {F.T_TUPLE: self.parse_tuple, F.T_BYTES: self.parse_bytes,
+                 F.T_INT: self.parse_int, F.T_FLOAT: self.parse_float,
+                 F.T_COMPLEX: self.parse_complex, F.T_CODE: self.parse_code}.get(tcode)
         _check(parse is not None, f"object at {off}: type code {tcode} is not stored in a segment")
         node = parse(off, depth)
         self.memo[off] = node
@@ -276,7 +186,7 @@ class _ModuleParser:
     def need(self, off, size, what):
         _check(off + size <= len(self.seg), f"{what} at {off} runs past its segment")
 
-    def tuple(self, off, depth):
+    def parse_tuple(self, off, depth):
         _check(off >= self.L.gc_head and self.seg[off - 16:off] == bytes(16),
                f"tuple at {off}: GC header is not zero")
         n = struct.unpack_from("<q", self.seg, off + 16)[0]
@@ -284,7 +194,7 @@ class _ModuleParser:
         self.need(off, 24 + 8 * n, "tuple")
         return tuple(self.ref(off + 24 + 8 * i, depth) for i in range(n))
 
-    def bytes(self, off, depth):
+    def parse_bytes(self, off, depth):
         n, h = struct.unpack_from("<qq", self.seg, off + 16)
         _check(n >= 0 and h == -1, f"bytes at {off}: bad size or hash")
         self.need(off, 33 + n, "bytes")
@@ -293,7 +203,7 @@ class _ModuleParser:
         _check(F.singleton_id(v) is None, f"bytes at {off}: a singleton stored as an object")
         return v
 
-    def int(self, off, depth):
+    def parse_int(self, off, depth):
         tag = struct.unpack_from("<q", self.seg, off + 16)[0]
         if self.L.int_tag == "ob_size":
             ndigits, neg = abs(tag), tag < 0
@@ -310,15 +220,15 @@ class _ModuleParser:
         _check(F.singleton_id(v) is None, f"int at {off}: a small int stored as an object")
         return v
 
-    def float(self, off, depth):
+    def parse_float(self, off, depth):
         self.need(off, 24, "float")
         return struct.unpack_from("<d", self.seg, off + 16)[0]
 
-    def complex(self, off, depth):
+    def parse_complex(self, off, depth):
         self.need(off, 32, "complex")
         return complex(*struct.unpack_from("<dd", self.seg, off + 16))
 
-    def code(self, off, depth):
+    def parse_code(self, off, depth):
         L = self.L
         self.need(off, L.code_header, "code")
         c = Code()

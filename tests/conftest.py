@@ -15,6 +15,30 @@ def pytest_report_header(config):
             f"accelerator available: {refmarshal.accelerator_available()}"]
 
 
+IMPLEMENTATIONS = ("reference", "accel")
+
+
+@pytest.fixture(params=IMPLEMENTATIONS)
+def implementation(request):
+    """Each reader in turn, for what both must do alike: "reference" (reader.py) and "accel"
+    (the accelerator; skipped when it is not built, except where tox requires it:
+    test_accel.py fails there)."""
+    if request.param == "accel" and not refmarshal.accelerator_available():
+        pytest.skip("accelerator not built")
+    return request.param
+
+
+_opened = {}
+
+
+def open_image(path, implementation):
+    """refmarshal.Image(path, implementation), opened once per session and implementation."""
+    key = (os.fspath(path), implementation)
+    if key not in _opened:
+        _opened[key] = refmarshal.Image(path, implementation=implementation)
+    return _opened[key]
+
+
 @pytest.fixture(scope="session")
 def stdlib_image(tmp_path_factory):
     """An image of the whole standard library, built once per session by the reference writer."""

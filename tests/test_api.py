@@ -90,3 +90,41 @@ def test_record_layouts_match_the_spec_sizes_and_the_hand_packed_fingerprint():
     assert fields[-1] == bytes(range(256))[F.FINGERPRINT_OFFSET:]
     with pytest.raises(AttributeError):
         F.NO_SUCH_LAYOUT
+
+
+def test_no_import_cycles_but_the_start_up_hooks():
+    """The layers import downwards only (ARCHITECTURE.md); the one cycle is the deliberate,
+    lazy one between the start-up hook and the importer."""
+    import ast
+    import os
+    root = os.path.dirname(refmarshal.__file__)
+    graph = {}
+    for dirpath, _, files in os.walk(root):
+        for fn in files:
+            if not fn.endswith(".py"):
+                continue
+            rel = os.path.relpath(os.path.join(dirpath, fn), root)[:-3].replace(os.sep, ".")
+            name = "refmarshal" + ("" if rel == "__init__" else "." + rel.removesuffix(".__init__"))
+            package = name if fn == "__init__.py" else name.rpartition(".")[0]
+            deps = graph.setdefault(name, set())
+            with open(os.path.join(dirpath, fn), encoding="utf-8") as fh:
+                tree = ast.parse(fh.read())
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom) and node.level:
+                    base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                    target = f"{base}.{node.module}" if node.module else base
+                    deps.update({target} if node.module else {f"{base}.{a.name}" for a in node.names})
+                elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("refmarshal"):
+                    deps.add(node.module)
+                elif isinstance(node, ast.Import):
+                    deps.update(a.name for a in node.names if a.name.startswith("refmarshal"))
+    graph = {n: {d for d in ds if d in graph and d != n} for n, ds in graph.items()}
+
+    def reaches(start, goal, seen):
+        for d in graph[start]:
+            if d == goal or (d not in seen and not seen.add(d) and reaches(d, goal, seen)):
+                return True
+        return False
+
+    cycles = {n for n in graph if reaches(n, n, set())}
+    assert cycles <= {"refmarshal._startup", "refmarshal.importer"}, sorted(cycles)

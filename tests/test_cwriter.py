@@ -16,6 +16,8 @@ from conftest import KINDS_SOURCE
 from refmarshal import ImageError, layouts
 from refmarshal import format as F
 from refmarshal import writer as R
+from refmarshal.building import compile_module
+from refmarshal.container import ModuleSource
 
 pytestmark = pytest.mark.skipif(not refmarshal.accelerator_available(),
                                 reason="accelerator not built (test_accel.py fails on that "
@@ -34,16 +36,15 @@ def _both(entries):
     ref, live = {}, {}
     for name, path in entries:
         try:
-            code = R.compile_module(path)
+            code = compile_module(path)
         except (SyntaxError, ValueError):
             assert not corpus.compiles(path)
             continue
         st = os.stat(path)
-        meta = (os.fspath(path), st.st_mtime_ns, st.st_size,
-                os.path.basename(path).startswith("__init__."))
-        live[name] = (*meta, code)
-    for name, (*meta, code) in live.items():
-        ref[name] = (*meta, R.code_graph(code))
+        live[name] = ModuleSource(os.fspath(path), st.st_mtime_ns, st.st_size,
+                                  os.path.basename(path).startswith("__init__."), code)
+    for name, m in live.items():
+        ref[name] = m._replace(code=R.code_graph(m.code))
     return ref, live
 
 
@@ -111,13 +112,15 @@ def work(n):
 _DIRTY = textwrap.dedent('''\
     import codecs, sys, weakref
     from refmarshal import layouts, writer as R
+    from refmarshal.building import compile_module
+    from refmarshal.container import ModuleSource
     from refmarshal.graph import walk_code
     from refmarshal._accel.writer import encode_image_native
     path = sys.argv[1]
-    code = R.compile_module(path)
-    meta = (path, 0, 0, False)
+    code = compile_module(path)
+    meta = ModuleSource(path, 0, 0, False, None)
     lay = layouts.current()
-    expected = R.encode_image(lay, {"m": (*meta, R.code_graph(code))}, 0)
+    expected = R.encode_image(lay, {"m": meta._replace(code=R.code_graph(code))}, 0)
     codes = list(walk_code(code))
     fresh = [c._co_code_adaptive for c in codes]
     refs = [weakref.ref(c) for c in codes]                 # co_weakreflist
@@ -141,7 +144,7 @@ _DIRTY = textwrap.dedent('''\
     for _ in range(200):                                    # warmed up and specialised
         ns["work"](50)
     assert any(c._co_code_adaptive != f for c, f in zip(codes, fresh)), "nothing specialised"
-    got = encode_image_native(lay, {"m": (*meta, code)}, 0)
+    got = encode_image_native(lay, {"m": meta._replace(code=code)}, 0)
     print("same" if got == expected else "different")
 ''')
 
@@ -161,4 +164,4 @@ def test_code_that_has_run_dumps_as_fresh(tmp_path):
 def test_objects_the_format_cannot_hold_are_refused():
     code = compile("x = 1", "m.py", "exec").replace(co_consts=(1, [2]))
     with pytest.raises(ImageError, match="list"):
-        _native()(layouts.current(), {"m": ("m.py", 0, 0, False, code)}, 0)
+        _native()(layouts.current(), {"m": ModuleSource("m.py", 0, 0, False, code)}, 0)

@@ -10,11 +10,14 @@ the container constants (format.py), never the reference reader or writer.
 import os
 import sys
 
+import _thread
+
 from .. import format as F
-from .._startup import in_main_interpreter
 from ..errors import ImageError
 
-if not in_main_interpreter():    # why: _startup.in_main_interpreter
+# The main interpreter only: _startup.in_main_interpreter says why (not imported from there:
+# this module is below the import hook, ARCHITECTURE.md).  _is_main_interpreter is 3.12+.
+if not getattr(_thread, "_is_main_interpreter", lambda: True)():
     raise ImportError("the refmarshal accelerator works in the main interpreter only")
 
 from ._loader import ffi, lib  # noqa: E402

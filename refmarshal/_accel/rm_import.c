@@ -332,7 +332,7 @@ static int recorded_for(PyObject *fullname, const rm_entry_info *info, recorded 
     Py_ssize_t n = PyUnicode_GET_LENGTH(fullname);
     Py_ssize_t dot = PyUnicode_FindChar(fullname, '.', 0, n, -1);
     if (dot == -2) return -1;
-    rec->package = (info->flags & 1) != 0;      /* MOD_PACKAGE */
+    rec->package = (info->flags & MOD_PACKAGE) != 0;
     rec->tail = PyUnicode_Substring(fullname, dot + 1, n);
     rec->path = PyUnicode_DecodeFSDefaultAndSize(info->path, info->path_len);
     if (!rec->tail || !rec->path) return -1;

@@ -300,17 +300,17 @@ rm_image *rm_open(const char *path, int mode, char *err, int errlen) {
     if (fstat(fd, &st) < 0) FAIL("cannot stat: %s", strerror(errno));
     if (st.st_size < HEADER_SIZE || pread(fd, hdr, HEADER_SIZE, 0) != HEADER_SIZE)
         FAIL("truncated: shorter than the header");
-    if (memcmp(hdr, "\x89RMI\r\n\x1a\n", 8) != 0)   /* [HDR-1], before trusting any field */
+    if (memcmp(hdr + RM_HDR_MAGIC_OFF, RM_MAGIC, RM_MAGIC_LEN) != 0)   /* [HDR-1], first */
         FAIL("not a refmarshal image (bad magic)");
-    if (rd64(hdr + 16) != (uint64_t)st.st_size)
+    if (rd64(hdr + RM_HDR_FILE_SIZE_OFF) != (uint64_t)st.st_size)
         FAIL("truncated or extended: header says %llu bytes, file has %lld",
-             (unsigned long long)rd64(hdr + 16), (long long)st.st_size);
+             (unsigned long long)rd64(hdr + RM_HDR_FILE_SIZE_OFF), (long long)st.st_size);
     img = calloc(1, sizeof *img);
     if (!img) FAIL("out of memory");
     img->fd = fd;
     img->mode = mode;
     img->size = st.st_size;
-    img->preferred = rd64(hdr + 24);
+    img->preferred = rd64(hdr + RM_HDR_PREFERRED_BASE_OFF);
     img->reserved = (img->size + HUGE_PAGE - 1) & ~(uint64_t)(HUGE_PAGE - 1);
     img->page_ready = calloc(img->size / PAGE_UNIT + 1, 1);
     if (!img->page_ready) FAIL("out of memory");
@@ -333,15 +333,18 @@ rm_image *rm_open(const char *path, int mode, char *err, int errlen) {
     /* Python checks magic, version, CRC and fingerprint on the header in the region; C keeps
        only what it needs, and checks the sections it uses lie inside the file. */
     if (ensure(img, 0, HEADER_SIZE, CHUNK, err, errlen) < 0) goto fail;
-    img->nmodules = rd32(hdr + 32);
-    img->nstrings = rd32(hdr + 36);
-    const unsigned char *s = hdr + 48;
-    img->dir_off = rd64(s + 0);
-    img->names_off = rd64(s + 16);  img->names_size = rd64(s + 24);
-    img->sidx_off = rd64(s + 32);
-    img->sheap_off = rd64(s + 48);  img->sheap_size = rd64(s + 56);
-    img->mheap_off = rd64(s + 64);  img->mheap_size = rd64(s + 72);
-    img->rel_off = rd64(s + 80);    img->rel_size = rd64(s + 88);
+    img->nmodules = rd32(hdr + RM_HDR_MODULE_COUNT_OFF);
+    img->nstrings = rd32(hdr + RM_HDR_STRING_COUNT_OFF);
+#define SECTION_OFF(k) rd64(hdr + RM_HDR_SECTION_OFFSET_OFF(k))
+#define SECTION_SIZE(k) rd64(hdr + RM_HDR_SECTION_SIZE_OFF(k))
+    img->dir_off = SECTION_OFF(SEC_DIRECTORY);
+    img->names_off = SECTION_OFF(SEC_NAMES);        img->names_size = SECTION_SIZE(SEC_NAMES);
+    img->sidx_off = SECTION_OFF(SEC_STRING_INDEX);
+    img->sheap_off = SECTION_OFF(SEC_STRING_HEAP);  img->sheap_size = SECTION_SIZE(SEC_STRING_HEAP);
+    img->mheap_off = SECTION_OFF(SEC_MODULE_HEAP);  img->mheap_size = SECTION_SIZE(SEC_MODULE_HEAP);
+    img->rel_off = SECTION_OFF(SEC_RELOCATIONS);    img->rel_size = SECTION_SIZE(SEC_RELOCATIONS);
+#undef SECTION_OFF
+#undef SECTION_SIZE
     if (img->dir_off + (uint64_t)img->nmodules * MODULE_SIZE > img->size
         || img->names_off + img->names_size > img->size
         || img->sidx_off + (uint64_t)img->nstrings * STRING_SIZE > img->size
@@ -379,7 +382,7 @@ static const unsigned char *entry_name(rm_image *img, uint32_t i, uint32_t *len,
     uint64_t e_off = img->dir_off + (uint64_t)i * MODULE_SIZE;
     if (ensure(img, e_off, MODULE_SIZE, CHUNK, err, errlen) < 0) return NULL;
     const unsigned char *e = img->base + e_off;
-    uint32_t n_off = rd32(e + 8), n_len = rd32(e + 12);
+    uint32_t n_off = rd32(e + RM_DIR_NAME_OFFSET_OFF), n_len = rd32(e + RM_DIR_NAME_LENGTH_OFF);
     if ((uint64_t)n_off + n_len > img->names_size) {
         snprintf(err, errlen, "directory entry %u: name outside the names section", i);
         return NULL;
@@ -397,28 +400,30 @@ int rm__check_entry(rm_image *img, uint32_t i, rm_entry_info *out, char *err, in
     const unsigned char *name = entry_name(img, i, &n_len, err, errlen);
     if (!name) goto fail;
     const unsigned char *e = img->base + img->dir_off + (uint64_t)i * MODULE_SIZE;
-    uint32_t p_off = rd32(e + 16), p_len = rd32(e + 20), flags = rd32(e + 4);
+    uint32_t p_off = rd32(e + RM_DIR_PATH_OFFSET_OFF), p_len = rd32(e + RM_DIR_PATH_LENGTH_OFF);
+    uint32_t flags = rd32(e + RM_DIR_FLAGS_OFF);
     if ((uint64_t)p_off + p_len > img->names_size)
         FAIL("directory entry %u: name or path outside the names section", i);
     if (ensure(img, img->names_off + p_off, p_len, CHUNK, err, errlen) < 0) goto fail;
     const unsigned char *path = img->base + img->names_off + p_off;
-    uint32_t crc = crc32_update(crc32_update(crc32_update(0, e + 4, MODULE_SIZE - 4), name, n_len),
-                                path, p_len);
-    if (crc != rd32(e)) FAIL("directory entry %u: checksum mismatch", i);
-    if (rd64(e + 72) != 0) FAIL("directory entry %u: reserved bytes are not zero", i);
-    if (flags & ~1u) FAIL("directory entry %u: reserved flags set", i);
+    uint32_t crc = crc32_update(0, e + RM_DIR_FLAGS_OFF, RM_DIR_BYTES - RM_DIR_FLAGS_OFF);
+    crc = crc32_update(crc32_update(crc, name, n_len), path, p_len);
+    if (crc != rd32(e + RM_DIR_ENTRY_CRC_OFF)) FAIL("directory entry %u: checksum mismatch", i);
+    if (rd64(e + RM_DIR_RESERVED_OFF) != 0)
+        FAIL("directory entry %u: reserved bytes are not zero", i);
+    if (flags & ~(uint32_t)MOD_PACKAGE) FAIL("directory entry %u: reserved flags set", i);
     out->flags = flags;
     out->name = (const char *)name;  out->name_len = n_len;
     out->path = (const char *)path;  out->path_len = p_len;
-    out->mtime_ns = (long long)rd64(e + 24);
-    out->size = rd64(e + 32);
-    out->seg_off = rd64(e + 40);
-    out->seg_size = rd32(e + 48);
-    out->root = rd32(e + 52);
-    out->reloc_index = rd32(e + 56);
-    out->reloc_count = rd32(e + 60);
-    out->reloc_nonptr = rd32(e + 64);
-    out->data_crc = rd32(e + 68);
+    out->mtime_ns = (long long)rd64(e + RM_DIR_SOURCE_MTIME_NS_OFF);
+    out->size = rd64(e + RM_DIR_SOURCE_SIZE_OFF);
+    out->seg_off = rd64(e + RM_DIR_SEGMENT_OFFSET_OFF);
+    out->seg_size = rd32(e + RM_DIR_SEGMENT_SIZE_OFF);
+    out->root = rd32(e + RM_DIR_ROOT_OFFSET_OFF);
+    out->reloc_index = rd32(e + RM_DIR_RELOC_INDEX_OFF);
+    out->reloc_count = rd32(e + RM_DIR_RELOC_COUNT_OFF);
+    out->reloc_nonptr = rd32(e + RM_DIR_RELOC_NONPTR_OFF);
+    out->data_crc = rd32(e + RM_DIR_DATA_CRC_OFF);
     rc = 0;
 fail:
     return rc;
@@ -459,18 +464,21 @@ int rm_find(rm_image *img, const char *name, size_t len, char *err, int errlen) 
 static int init_singletons(void) {
     if (singletons[0]) return 0;
     PyObject *s[C_END] = {0};
-    s[0] = Py_None; s[1] = Py_True; s[2] = Py_False; s[3] = Py_Ellipsis;
-    s[4] = PyTuple_New(0);
-    s[5] = PyBytes_FromStringAndSize(NULL, 0);
-    s[6] = PyUnicode_New(0, 0);
-    for (int n = -5; n <= 256; n++) s[C_SMALL_INT + n + 5] = PyLong_FromLong(n);
+    s[C_NONE] = Py_None; s[C_TRUE] = Py_True; s[C_FALSE] = Py_False;
+    s[C_ELLIPSIS] = Py_Ellipsis;
+    s[C_EMPTY_TUPLE] = PyTuple_New(0);
+    s[C_EMPTY_BYTES] = PyBytes_FromStringAndSize(NULL, 0);
+    s[C_EMPTY_STR] = PyUnicode_New(0, 0);
+    for (int n = SMALL_INT_MIN; n <= SMALL_INT_MAX; n++)
+        s[C_SMALL_INT + n - SMALL_INT_MIN] = PyLong_FromLong(n);
     for (int c = 0; c < 256; c++) {
         char b = (char)c;
         s[C_LATIN1 + c] = PyUnicode_FromOrdinal(c);
         s[C_BYTE + c] = PyBytes_FromStringAndSize(&b, 1);
     }
     for (int i = 0; i < C_END; i++) {
-        int defined = i < 7 || (i >= C_SMALL_INT && i <= C_SMALL_INT + 261) || i >= C_LATIN1;
+        int defined = i < C_FIXED_END || i >= C_LATIN1
+                      || (i >= C_SMALL_INT && i <= C_SMALL_INT + SMALL_INT_MAX - SMALL_INT_MIN);
         if (defined && !s[i]) { PyErr_Clear(); return -1; }
     }
     memcpy(singletons, s, sizeof s);   /* the table holds one reference to each, forever */
@@ -483,14 +491,17 @@ static PyObject *resolve_string(rm_image *img, uint64_t index, char *err, int er
     uint64_t e_off = img->sidx_off + index * STRING_SIZE;
     if (ensure(img, e_off, STRING_SIZE, PAGE_UNIT, err, errlen) < 0) return NULL;
     const unsigned char *e = img->base + e_off;
-    uint32_t off = rd32(e), size = rd32(e + 4), flags = rd32(e + 8), crc = rd32(e + 12);
-    if ((uint64_t)off + size > img->sheap_size || off % 8 || size < 48 || flags > 1) {
+    uint32_t off = rd32(e + RM_STRIDX_OFFSET_OFF), size = rd32(e + RM_STRIDX_SIZE_OFF);
+    uint32_t flags = rd32(e + RM_STRIDX_FLAGS_OFF), crc = rd32(e + RM_STRIDX_CRC_OFF);
+    if ((uint64_t)off + size > img->sheap_size || off % RM_ALIGN || size < 48
+        || (flags & ~(uint32_t)STR_INTERNED)) {
         snprintf(err, errlen, "string %llu: bad index entry", (unsigned long long)index);
         return NULL;
     }
     if (ensure(img, img->sheap_off + off, size, PAGE_UNIT, err, errlen) < 0) return NULL;
     unsigned char *obj = img->base + img->sheap_off + off;
-    if (crc32_update(crc32_update(0, e, 12), obj, size) != crc || rd64(obj + 8) != T_STR) {
+    if (crc32_update(crc32_update(0, e, RM_STRIDX_CRC_OFF), obj, size) != crc
+        || rd64(obj + 8) != T_STR) {   /* the type word, as stored ([OBJ-4]) */
         snprintf(err, errlen, "string %llu: checksum mismatch", (unsigned long long)index);
         return NULL;
     }
@@ -499,9 +510,10 @@ static PyObject *resolve_string(rm_image *img, uint64_t index, char *err, int er
     Py_SET_TYPE(s, &PyUnicode_Type);
     /* An interned one-character str ([OBJ-5]) is interned as marshal does it: the latin-1
        singleton is interned (or the interpreter's interned copy used), not the image's object */
-    if ((flags & 1) && PyUnicode_GET_LENGTH(s) == 1 && PyUnicode_READ_CHAR(s, 0) < 256)
+    if ((flags & STR_INTERNED) && PyUnicode_GET_LENGTH(s) == 1
+        && PyUnicode_READ_CHAR(s, 0) < 256)
         s = singletons[C_LATIN1 + PyUnicode_READ_CHAR(s, 0)];
-    if (flags & 1) PyUnicode_InternInPlace(&s);   /* may return the interpreter's own string */
+    if (flags & STR_INTERNED) PyUnicode_InternInPlace(&s);   /* may give the interpreter's own */
     img->strings[index] = s;
     return s;
 }
@@ -539,7 +551,8 @@ typedef struct {
                                      kind k are first[k] .. first[k+1] - 1 */
 } module_load;
 
-#define SLOT_AT(m, i) ((PyObject **)((m)->seg + (uint64_t)((m)->rel[i] >> 3) * 8))
+#define SLOT_AT(m, i) \
+    ((PyObject **)((m)->seg + (uint64_t)((m)->rel[i] >> RELOC_KIND_BITS) * 8))
 
 /* The segment and its relocations inside their sections, read in, and their checksum. */
 static int bring_in(module_load *m, char *err, int errlen) {
@@ -549,10 +562,10 @@ static int bring_in(module_load *m, char *err, int errlen) {
     if (e->seg_off < img->mheap_off || e->seg_off + e->seg_size > img->mheap_off + img->mheap_size
         || e->seg_off % 8 || e->root >= e->seg_size || e->root % 8
         || e->reloc_nonptr > e->reloc_count
-        || ((uint64_t)e->reloc_index + e->reloc_count) * 4 > img->rel_size)
+        || ((uint64_t)e->reloc_index + e->reloc_count) * RM_RELOC_BYTES > img->rel_size)
         FAIL("directory entry out of bounds");
-    uint64_t rel_off = img->rel_off + (uint64_t)e->reloc_index * 4;
-    uint64_t rel_size = (uint64_t)e->reloc_count * 4;
+    uint64_t rel_off = img->rel_off + (uint64_t)e->reloc_index * RM_RELOC_BYTES;
+    uint64_t rel_size = (uint64_t)e->reloc_count * RM_RELOC_BYTES;
     if (ensure(img, e->seg_off, e->seg_size, PAGE_UNIT, err, errlen) < 0
         || ensure(img, rel_off, rel_size, PAGE_UNIT, err, errlen) < 0)
         goto fail;
@@ -572,7 +585,8 @@ static int validate_relocations(module_load *m, char *err, int errlen) {
     uint32_t prev_key = 0;
     memset(m->first, 0, sizeof m->first);
     for (uint32_t i = 0; i < e->reloc_count; i++) {
-        uint32_t slot = m->rel[i] >> 3, kind = m->rel[i] & 7, key = (kind << 29) | slot;
+        uint32_t slot = m->rel[i] >> RELOC_KIND_BITS, kind = m->rel[i] & RELOC_KIND_MASK;
+        uint32_t key = (kind << (32 - RELOC_KIND_BITS)) | slot;
         uint64_t v;
         if (kind > R_PTR) FAIL("relocation %u: unknown kind", i);
         if (i && key <= prev_key) FAIL("relocation %u: out of order", i);
@@ -585,8 +599,8 @@ static int validate_relocations(module_load *m, char *err, int errlen) {
             if (v < T_BYTES || v > T_CODE) FAIL("relocation %u: bad type code", i);
             break;
         case R_CONST:
-            if (v >= C_END || (v >= 7 && v < C_SMALL_INT)
-                || (v > C_SMALL_INT + 261 && v < C_LATIN1))
+            if (v >= C_END || (v >= C_FIXED_END && v < C_SMALL_INT)
+                || (v > C_SMALL_INT + SMALL_INT_MAX - SMALL_INT_MIN && v < C_LATIN1))
                 FAIL("relocation %u: bad singleton id", i);
             break;
         case R_STR:

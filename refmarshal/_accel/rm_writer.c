@@ -117,7 +117,7 @@ static void quicken(_Py_CODEUNIT *instr, Py_ssize_t n) { (void)instr; (void)n; }
 #  error "refmarshal supports CPython 3.11-3.13"
 #endif
 
-#define ALIGN8(n) (((n) + 7) & ~(uint64_t)7)
+#define ALIGN8(n) (((n) + (RM_ALIGN - 1)) & ~(uint64_t)(RM_ALIGN - 1))      /* [OBJ-1] */
 
 static PyObject *box;             /* the Python list objects travel through */
 
@@ -127,19 +127,19 @@ int rm_writer_bind(const char *module, const char *attr) {
 
 /* [OBJ-5] singleton id of an object, by value as the spec defines it, or -1. */
 static long singleton_id(PyObject *o) {
-    if (o == Py_None) return 0;
-    if (o == Py_True) return 1;
-    if (o == Py_False) return 2;
-    if (o == Py_Ellipsis) return 3;
+    if (o == Py_None) return C_NONE;
+    if (o == Py_True) return C_TRUE;
+    if (o == Py_False) return C_FALSE;
+    if (o == Py_Ellipsis) return C_ELLIPSIS;
     PyTypeObject *t = Py_TYPE(o);
-    if (t == &PyTuple_Type) return PyTuple_GET_SIZE(o) ? -1 : 4;
+    if (t == &PyTuple_Type) return PyTuple_GET_SIZE(o) ? -1 : C_EMPTY_TUPLE;
     if (t == &PyBytes_Type) {
         Py_ssize_t n = PyBytes_GET_SIZE(o);
-        return n == 0 ? 5 : n == 1 ? C_BYTE + (unsigned char)PyBytes_AS_STRING(o)[0] : -1;
+        return n == 0 ? C_EMPTY_BYTES : n == 1 ? C_BYTE + (unsigned char)PyBytes_AS_STRING(o)[0] : -1;
     }
     if (t == &PyUnicode_Type) {
         Py_ssize_t n = PyUnicode_GET_LENGTH(o);
-        if (n == 0) return 6;
+        if (n == 0) return C_EMPTY_STR;
         /* an interned one-character str is stored: in 3.11 and 3.12 it is not the singleton */
         if (n == 1 && PyUnicode_CHECK_INTERNED(o)) return -1;
         Py_UCS4 c = n == 1 ? PyUnicode_READ_CHAR(o, 0) : 256;
@@ -148,7 +148,7 @@ static long singleton_id(PyObject *o) {
     if (t == &PyLong_Type) {
         int overflow;
         long v = PyLong_AsLongAndOverflow(o, &overflow);
-        return !overflow && v >= -5 && v <= 256 ? C_SMALL_INT + v + 5 : -1;
+        return !overflow && v >= SMALL_INT_MIN && v <= SMALL_INT_MAX ? C_SMALL_INT + v - SMALL_INT_MIN : -1;
     }
     return -1;
 }
@@ -275,7 +275,7 @@ static int push(PyObject ***stack, size_t *n, size_t *cap, PyObject *o) {
 }
 
 /* Depth-first pre-order from the code object in box[0]; strings go into the dict box[1]
-   ((str, interned) -> str), frozensets are ordered by calling box[2]. */
+   ((str, interned) -> str), frozensets are ordered by calling box[2] (the box: rm_writer.h). */
 rm_plan *rm_plan_module(char *err, int errlen) {
     PyGILState_STATE g = PyGILState_Ensure();
     rm_plan *p = calloc(1, sizeof *p);
@@ -333,8 +333,6 @@ fail:
     return NULL;
 }
 
-unsigned long long rm_plan_size(rm_plan *p) { return p->size; }
-
 /* ---- Encoding one module's segment (spec 5.3, 6) -------------------------------------- */
 typedef struct {
     rm_plan *p;
@@ -347,14 +345,14 @@ typedef struct {
 
 static int reloc(rm_enc *e, void *word, int kind) {
     uint64_t slot = (uint64_t)((unsigned char *)word - e->seg) / 8;
-    if (slot >= (1u << 29)) return -1;
+    if (slot >= (1u << (32 - RELOC_KIND_BITS))) return -1;
     if (e->nrel == e->relcap) {
         size_t c = e->relcap ? 2 * e->relcap : 1024;
         uint32_t *r = realloc(e->rel, c * sizeof *r);
         if (!r) return -1;
         e->rel = r; e->relcap = c;
     }
-    e->rel[e->nrel++] = (uint32_t)(slot << 3) | (uint32_t)kind;
+    e->rel[e->nrel++] = (uint32_t)(slot << RELOC_KIND_BITS) | (uint32_t)kind;
     return 0;
 }
 
@@ -455,7 +453,8 @@ full:
 }
 
 /* Encodes the plan with the string index dict in box[0]; box becomes
-   [segment bytes, relocation records as bytes, count of non-PTR records, root offset]. */
+   [segment bytes, relocation records as bytes, count of non-PTR records, root offset]
+   (the box: rm_writer.h). */
 int rm_encode_module(rm_plan *p, unsigned long long seg_addr, char *err, int errlen) {
     PyGILState_STATE g = PyGILState_Ensure();
     rm_enc e = {p, NULL, seg_addr, NULL, NULL, 0, 0};
@@ -471,13 +470,14 @@ int rm_encode_module(rm_plan *p, unsigned long long seg_addr, char *err, int err
     for (size_t i = 0; i < p->n; i++)
         if (encode_item(&e, &p->items[i], err, errlen) < 0) goto fail;
     /* [REL-3] by kind, then slot: each kind's records were made in slot order */
-    if (!(rbytes = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)e.nrel * 4))) FAIL("out of memory");
+    if (!(rbytes = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)e.nrel * RM_RELOC_BYTES)))
+        FAIL("out of memory");
     uint32_t *r = (uint32_t *)PyBytes_AS_STRING(rbytes);
     size_t k = 0, nonptr = 0;
     for (int kind = 0; kind < R_KINDS; kind++) {
         if (kind == R_PTR) nonptr = k;
         for (size_t i = 0; i < e.nrel; i++)
-            if ((e.rel[i] & 7) == (uint32_t)kind) r[k++] = e.rel[i];
+            if ((e.rel[i] & RELOC_KIND_MASK) == (uint32_t)kind) r[k++] = e.rel[i];
     }
     map_get(&p->placed, p->root, &root);
     if (!(out = Py_BuildValue("[OOnK]", data, rbytes, (Py_ssize_t)nonptr,
@@ -516,7 +516,8 @@ static void encode_str(unsigned char *dst, PyObject *s, size_t used) {
 }
 
 /* box[0] is the list of the string table's str objects in index order; box becomes
-   [string heap bytes], and sizes[i] the bytes of object i including its padding. */
+   [string heap bytes], and sizes[i] the bytes of object i including its padding (the box:
+   rm_writer.h). */
 int rm_encode_strings(unsigned int *sizes, char *err, int errlen) {
     PyGILState_STATE g = PyGILState_Ensure();
     PyObject *heap = NULL, *list;

@@ -1,11 +1,27 @@
 /* The second writer's interface, as cffi sees it (build_accel.py cdefs the same declarations).
- * Objects travel through a Python list bound once (cffi has no PyObject* arguments).
- * Reading order: rm_writer.h, then rm_writer.c from the top (version block, plan, encode). */
+ * Reading order: rm_writer.h, then rm_writer.c from the top (version block, plan, encode).
+ *
+ * Objects travel through one Python list, the box (refmarshal._accel.writer._box, bound once
+ * by rm_writer_bind; cffi has no PyObject* arguments or results).  Each call expects the box
+ * to hold exactly what this table says, and leaves in it what the last column says; Python
+ * fills and reads it only in _accel/writer.py (_plan_module, _encode_module, _encode_strings).
+ *
+ *   call               box before the call                    box after it (on success)
+ *   rm_plan_module     [code object, {}, order(frozenset)]    unchanged; the dict now maps
+ *                      order returns the frozenset's items     (str, interned) -> str for the
+ *                      as a tuple in [OBJ-9] order            module's strings, in order of
+ *                                                              first use
+ *   rm_encode_module   [{(str, interned): string index}]      [segment bytes, relocation
+ *                                                              records as bytes, count of
+ *                                                              non-PTR records, root offset]
+ *                                                              (container.EncodedSegment)
+ *   rm_encode_strings  [[str, ...] in string index order]     [string heap bytes]; sizes[i]
+ *                                                              is string i's padded size
+ */
 typedef struct rm_plan rm_plan;
 
 int rm_writer_bind(const char *module, const char *attr);
 rm_plan *rm_plan_module(char *err, int errlen);
-unsigned long long rm_plan_size(rm_plan *plan);
 int rm_encode_module(rm_plan *plan, unsigned long long seg_addr, char *err, int errlen);
 void rm_plan_free(rm_plan *plan);
 int rm_encode_strings(unsigned int *sizes, char *err, int errlen);

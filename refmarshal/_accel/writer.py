@@ -4,7 +4,12 @@
 It must give exactly the bytes of the reference writer (refmarshal/writer.py), which packs
 each field from the spec's tables: equal images show the spec describes CPython's real
 memory layout.  C places each module's objects (which also orders the string table) and
-encodes all of them; Python assembles the file with the reference writer's own code.
+encodes all of them; Python assembles the file with the same code as the reference writer
+(container.assemble_image).
+
+Objects cross between Python and C through one bound list, ``_box`` (cffi has no PyObject*
+arguments or results).  Its contents before and after each call are listed in one place,
+rm_writer.h; the functions below are the only ones that fill or read it.
 
 Code objects may have run: ``co_code_adaptive`` is rebuilt from CPython's de-specialised
 bytecode.  What a running program can change and no writer can undo: a constant string
@@ -15,7 +20,7 @@ import marshal
 import sys
 import threading
 
-from .. import writer as R
+from .. import container as C
 from ..errors import ImageError
 from ._loader import ffi, lib
 
@@ -33,9 +38,9 @@ _ERRLEN = 256
 
 
 def encode_image_native(layout, modules, optimize):
-    """The bytes of an image of ``modules``: name -> (path, mtime_ns, size, is_pkg, code),
-    ``code`` a live code object (it may have run).  Mirrors
-    ``refmarshal.writer.encode_image``, which takes the module's graph instead."""
+    """The bytes of an image of ``modules``: name -> ``container.ModuleSource`` whose ``code``
+    is a live code object (it may have run).  Mirrors ``refmarshal.writer.encode_image``,
+    which takes the module's graph instead."""
     with _box_lock:
         return _encode_image(layout, modules, optimize)
 
@@ -43,35 +48,27 @@ def encode_image_native(layout, modules, optimize):
 def _encode_image(layout, modules, optimize):
     if layout.version != sys.version_info[:2]:
         raise ImageError("the C writer writes only the running interpreter's layout")
-    names = sorted(modules, key=lambda n: n.encode("utf-8"))            # [DIR-2]
+    names = C.sorted_names(modules)
     err = ffi.new("char[]", _ERRLEN)
     found = {}       # (str, interned) -> a live str with that value
     used = []        # per module, its string keys in order of first use
     plans = []
     try:
         for n in names:
-            own = {}
-            _box[:] = [modules[n][4], own, _frozenset_tuple]
-            plan = lib.rm_plan_module(err, _ERRLEN)
-            if plan == ffi.NULL:
-                raise ImageError(f"module {n}: {ffi.string(err).decode(errors='replace')}")
+            plan, own = _plan_module(modules[n].code, err, n)
             plans.append(plan)
             for k, v in own.items():
                 found.setdefault(k, v)
             used.append(own)
-        keys = R.string_order(used)                                 # [STR-2]
+        keys = C.string_order(used)                                 # [STR-2]
         index = {k: i for i, k in enumerate(keys)}
         strings = _encode_strings([found[k] for k in keys], err)
 
         def encode_segment(i, seg_off, base):
-            _box[:] = [index]
-            if lib.rm_encode_module(plans[i], base + seg_off, err, _ERRLEN) != 0:
-                raise ImageError(f"module {names[i]}: "
-                                 f"{ffi.string(err).decode(errors='replace')}")
-            return tuple(_box)
+            return _encode_module(plans[i], base + seg_off, index, err, names[i])
 
-        return R.assemble_image(names, modules,
-                                [(k[1], s) for k, s in zip(keys, strings)],
+        return C.assemble_image(names, modules,
+                                [C.StoredString(k[1], s) for k, s in zip(keys, strings)],
                                 encode_segment, optimize)
     finally:
         _box.clear()
@@ -79,11 +76,38 @@ def _encode_image(layout, modules, optimize):
             lib.rm_plan_free(plan)
 
 
+def _c_error(err):
+    return ffi.string(err).decode(errors="replace")
+
+
+# One function per C entry point: each fills _box as rm_writer.h says, calls, and reads it.
+
+def _plan_module(code, err, name):
+    """rm_plan_module: (the plan, the module's strings as {(str, interned): str} in order of
+    first use)."""
+    strings = {}
+    _box[:] = [code, strings, _frozenset_tuple]
+    plan = lib.rm_plan_module(err, _ERRLEN)
+    if plan == ffi.NULL:
+        raise ImageError(f"module {name}: {_c_error(err)}")
+    return plan, strings
+
+
+def _encode_module(plan, seg_addr, index, err, name):
+    """rm_encode_module: the module's ``EncodedSegment`` at address ``seg_addr``, its strings
+    numbered by ``index`` ({(str, interned): string index})."""
+    _box[:] = [index]
+    if lib.rm_encode_module(plan, seg_addr, err, _ERRLEN) != 0:
+        raise ImageError(f"module {name}: {_c_error(err)}")
+    return C.EncodedSegment(*_box)
+
+
 def _encode_strings(objs, err):
+    """rm_encode_strings: each str object's bytes, padded (memoryviews of one heap)."""
     sizes = ffi.new("unsigned int[]", max(1, len(objs)))
     _box[:] = [objs]
     if lib.rm_encode_strings(sizes, err, _ERRLEN) != 0:
-        raise ImageError(ffi.string(err).decode(errors="replace"))
+        raise ImageError(_c_error(err))
     heap = memoryview(_box[0])
     out, pos = [], 0
     for i in range(len(objs)):

@@ -224,8 +224,10 @@ def _install_image(root):
     sys.path.insert(0, root)
     try:
         from refmarshal import importer
-        return importer.install(os.environ["REFMARSHAL_IMAGE"],
-                                checked=os.environ.get("REFMARSHAL_UNCHECKED") != "1") is not None
+        from refmarshal.hookstate import active_finder
+        importer.install(os.environ["REFMARSHAL_IMAGE"],
+                         checked=os.environ.get("REFMARSHAL_UNCHECKED") != "1")
+        return active_finder() is not None
     except Exception as exc:     # report it; the run goes on with stock import
         print(f"refmarshal profile: the importer could not be installed: {exc}", file=sys.stderr)
         return False
