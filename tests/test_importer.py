@@ -7,6 +7,7 @@ each module's body keeps its own code object (MODCODE) so the child can tell whe
 from the image.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -683,6 +684,18 @@ def venv(tmp_path_factory):
     return python, site
 
 
+@contextlib.contextmanager
+def hook_enabled(site, img):
+    """The start-up hook in the venv's site-packages, for the image img, while the block runs."""
+    pth = os.path.join(site, importer.PTH_NAME)
+    with open(pth, "w") as fh:
+        fh.write(importer.pth_text(img))
+    try:
+        yield pth
+    finally:
+        os.unlink(pth)
+
+
 def test_pth_hook_in_a_virtual_environment(venv, tree):
     python, site = venv
     src, img, cwd = tree
@@ -1024,15 +1037,10 @@ def _sub_kinds():
 def test_subinterpreters_never_crash_and_main_keeps_the_image(venv, tree, order):
     python, site = venv
     src, img, cwd = tree
-    pth = os.path.join(site, importer.PTH_NAME)
-    with open(pth, "w") as fh:
-        fh.write(importer.pth_text(img))
-    try:
+    with hook_enabled(site, img):
         body = f"SUB_CODE = {SUB_CODE!r}\n" + SUBINTERPRETERS
         r = run(["-c", body, order, ",".join(_sub_kinds())], cwd, python=python,
                 pythonpath=[src])
-    finally:
-        os.unlink(pth)
     assert r.stderr == ""                  # no warning, in any interpreter
     out = json.loads(r.stdout)
     assert out["main-after"] == ["tree", "gh", 1, True]
@@ -1118,14 +1126,9 @@ def test_embedded_like_mod_wsgi(venv, tree, tmp_path):
             "fs = [f for f in sys.meta_path if type(f).__name__ == 'ImageFinder']\n"
             "print(json.dumps([mod.WHO, pkg.g(), bool(fs) and fs[0].image.owns(mod.MODCODE)]),"
             " flush=True)\n")
-    pth = os.path.join(site, importer.PTH_NAME)
-    with open(pth, "w") as fh:
-        fh.write(importer.pth_text(img))
-    try:
+    with hook_enabled(site, img):
         r = subprocess.run([str(exe), python, code], cwd=cwd, capture_output=True, text=True,
                            env=child_env([src]), timeout=300)
-    finally:
-        os.unlink(pth)
     assert (r.returncode, r.stderr) == (0, "")
     lines = [json.loads(line) for line in r.stdout.splitlines()]
     subs = 4 if sys.version_info >= (3, 12) else 3
@@ -1294,10 +1297,7 @@ def test_optimization_levels_use_their_own_image_or_step_aside_silently(venv, tr
              "f = [x for x in sys.meta_path if type(x).__name__ == 'ImageFinder']\n"
              "print(sys.flags.optimize, len(f), bool(f) and f[0].image.owns(mod.MODCODE), "
              "mod.__cached__.rsplit('.', 2)[-2])\n")
-    pth = os.path.join(site, importer.PTH_NAME)
-    with open(pth, "w") as fh:
-        fh.write(importer.pth_text(img))
-    try:
+    with hook_enabled(site, img):
         # no image for the level: stock imports, not a word
         for flag, tag in (("-O", "opt-1"), ("-OO", "opt-2")):
             r = run([flag, "-c", probe], cwd, python=python, pythonpath=[src])
@@ -1317,8 +1317,6 @@ def test_optimization_levels_use_their_own_image_or_step_aside_silently(venv, tr
                 env={"REFMARSHAL_IMAGE": str(img)})
         assert r.stdout.split()[:2] == ["1", "0"]
         assert r.stderr.count("RefmarshalWarning") == 1 and "optimization level 0" in r.stderr
-    finally:
-        os.unlink(pth)
 
 
 def test_default_image_path_per_level():
