@@ -371,3 +371,62 @@ def test_enable_and_disable_in_a_venv(venv, tree):
     assert r.returncode == 0 and "not enabled" in r.stdout
     r = rm(["status"], cwd, python=python)
     assert "enabled   no" in r.stdout and r.returncode == 1     # and the default image is gone
+
+
+@needs_accel
+def test_optimization_levels_in_a_venv(venv, tree):
+    from refmarshal._startup import level_path
+    python, site, default = venv
+    src, cwd = tree
+    opt1, opt2 = level_path(default, 1), level_path(default, 2)
+
+    def finders(flag):
+        r = subprocess.run([python, flag, "-c", FINDERS], cwd=cwd, capture_output=True,
+                           text=True, env=child_env([src]))
+        assert r.returncode == 0 and r.stderr == "", r.stderr      # never a word
+        return r.stdout.split()
+
+    r = rm(["build", "--dir", src, "--optimize", "1,0"], cwd, python=python)
+    assert r.returncode == 0, r.stderr
+    assert f"building {opt1} from 7 modules (1 job, optimization level 1)" in r.stdout
+    assert os.path.exists(default) and os.path.exists(opt1) and not os.path.exists(opt2)
+    r = rm(["enable", "--optimize", "1"], cwd, python=python)
+    assert r.returncode == 0 and "building" not in r.stdout, r.stdout + r.stderr
+    assert f"-O:      {opt1}" in r.stdout
+    assert finders("-O") == ["1", opt1, "True"]        # python -O: its own image
+    assert finders("-OO") == ["0", "[]", "[]"]         # no image for -OO: stock, silently
+    assert finders("-B") == ["1", default, "True"]
+
+    def levels(code=0):
+        r = rm(["status"], cwd, python=python)
+        assert r.returncode == code, r.stdout + r.stderr
+        assert "without an image of its level imports the stock way, silently" in r.stdout
+        return re.findall(r"^  (\d) (python(?: -O+)?) +(.*)  (\S+)$", r.stdout, re.M)
+
+    assert levels() == [("0", "python", "current", default),
+                        ("1", "python -O", "current", opt1),
+                        ("2", "python -OO", "no image", opt2)]
+    # enable builds a missing level, from the modules level 0's image holds
+    r = rm(["enable", "--optimize", "0,2"], cwd, python=python)
+    assert r.returncode == 0, r.stderr
+    assert f"image {opt2}: missing; building it" in r.stdout
+    assert f"building {opt2} from 6 modules" in r.stdout and r.stdout.count("building ") == 2
+    assert refmarshal.Image(opt2, implementation="accel").header["optimize"] == 2
+    assert finders("-OO") == ["1", opt2, "True"]
+    with open(src / "mod.py", "a") as fh:
+        fh.write("Z = 1\n")
+    assert [state for _, _, state, _ in levels(1)] == ["not current: 1 module(s) changed"] * 3
+
+
+def test_build_levels_beside_the_named_image(built):
+    src, cwd, img, _ = built
+    r = rm(["build", "--dir", src, "-o", img, "-O", "2,0"], cwd)
+    assert r.returncode == 0, r.stderr
+    opt2 = img.parent / "tree.opt-2.img"
+    assert sorted(os.listdir(img.parent)) == ["tree.img", "tree.opt-2.img"]
+    assert r.stdout.index(f"building {img} ") < r.stdout.index(f"building {opt2} ")
+    for path, level in ((img, 0), (opt2, 2)):
+        assert refmarshal.Image(path, implementation="reference").header["optimize"] == level
+    for bad in ("3", "0,x", "", "-1"):
+        line = one_line_error(rm(["build", "--dir", src, "-o", img, "-O", bad], cwd), 2)
+        assert "--optimize" in line
