@@ -430,3 +430,58 @@ def test_build_levels_beside_the_named_image(built):
     for bad in ("3", "0,x", "", "-1"):
         line = one_line_error(rm(["build", "--dir", src, "-o", img, "-O", bad], cwd), 2)
         assert "--optimize" in line
+
+
+# ---------------------------------------------------------------------------------------
+# progress: plain lines when not on a terminal, one rewritten line on a terminal
+
+MANY = {f"m{i:03}.py": f"X = {i}\n" for i in range(150)}
+
+
+def test_progress_when_not_a_terminal(tree):
+    src, cwd = tree
+    r = rm(["build", "--dir", src, "-o", "small.img"], cwd)
+    assert r.returncode == 0 and r.stderr == "" and "compiling" not in r.stdout
+    many = write_tree(cwd / "many", MANY)
+    r = rm(["build", "--dir", many, "-o", "many.img"], cwd)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    lines = re.findall(r"^compiling: (\d+)/150$", r.stdout, re.M)
+    assert lines[-1] == "150" and 8 <= len(lines) <= 11, r.stdout
+    assert [int(n) for n in lines] == sorted(int(n) for n in lines)
+
+
+def test_progress_line_on_a_terminal(tmp_path):
+    import pty
+    many = write_tree(tmp_path / "many", MANY)
+    # a slow module: the line is rewritten while the build goes on
+    (many / "m075.py").write_text("import time\nX = 1\n" + "Y = 2\n" * 20000)
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "refmarshal", "build", "--dir", many,
+                                 "-o", "many.img"], cwd=tmp_path, env=child_env(),
+                                stdout=subprocess.PIPE, stderr=slave, text=True)
+        os.close(slave)
+        chunks = []
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except OSError:          # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+        stdout, _ = proc.communicate(timeout=300)
+    finally:
+        os.close(master)
+    assert proc.returncode == 0, stdout
+    shown = b"".join(chunks).decode()
+    assert "compiling:" not in stdout                       # no plain lines besides
+    updates = shown.replace("\r\n", "\n").split("\r")
+    assert updates[0] == "" and len(updates) >= 3, repr(shown)
+    for text in updates[1:-1]:
+        assert re.fullmatch(r"compiling \d+/150 \(\d+ %\), \d+ modules/s, ETA [\d:]+ s?.*",
+                            text.rstrip()), repr(text)
+        assert "\n" not in text and len(text) <= 79
+    final = updates[-1]
+    assert re.fullmatch(r"compiling 150/150 \(100 %\), \d+ modules/s, [\d.:]+ s? *\n", final), \
+        repr(final)
