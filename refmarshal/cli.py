@@ -231,9 +231,9 @@ def _write_atomically(path, text):
 
 
 def _modules_like(image, rebuilding):
-    """What enable builds: the environment's modules, or when ``image`` (level 0's) is kept,
-    the modules it holds, so the other levels' images hold the same ones (a selection made
-    with ``refmarshal build --dir``, ``--exclude``... carries over)."""
+    """What enable (and refresh) build: the environment's modules, or when ``image`` (level
+    0's) is kept, the modules it holds, so the other levels' images hold the same ones (a
+    selection made with ``refmarshal build --dir``, ``--exclude``... carries over)."""
     if rebuilding or _usable(image, 0):
         from . import environment
         return environment.discover()
@@ -259,7 +259,8 @@ def cmd_enable(args):
     pth = pth_path()
     try:
         os.makedirs(os.path.dirname(pth), exist_ok=True)
-        _write_atomically(pth, importer.pth_text(None if args.image is None else image))
+        _write_atomically(pth, importer.pth_text(None if args.image is None else image,
+                                                 args.auto_refresh))
     except OSError as exc:
         raise CliError(f"cannot write {pth}: {exc.strerror or exc}") from None
     env = dict(os.environ)
@@ -273,6 +274,10 @@ def cmd_enable(args):
     _say(f"image:   {image}")
     for level in sorted(set(args.optimize) - {0}):
         _say(f"{'-' + 'O' * level + ':':<9}{_level_image(args.image, level)}")
+    if args.auto_refresh is not None:
+        from .refresh import log_path
+        _say(f"auto-refresh: on, at most one rebuild every {args.auto_refresh} s "
+             f"(log: {log_path(image)})")
     if os.environ.get("REFMARSHAL") == "0":
         _say("note: REFMARSHAL=0 is set in this shell, which turns the hook off here")
     if args.bench:
@@ -437,20 +442,66 @@ def cmd_status(args):
     else:
         _say(f"current   no: {stale} stale, {len(bad) - stale} missing source "
              f"(stock import is used for these; refmarshal build refreshes the image)")
-        shown = bad if args.verbose else bad[:20]
-        for e, s in shown:
-            _say(f"  {s:<8}{e.name}  {e.path}")
-        if len(shown) < len(bad):
-            _say(f"  ... and {len(bad) - len(shown)} more (-v lists all)")
+        for kind in ("stale", "missing"):
+            _list_modules(kind, [(e.name, e.path) for e, s in bad if s == kind], args.verbose)
     if image == importer.default_image_path():
         from . import environment
         held = {e.name for e in entries}
-        new = [n for n in environment.discover() if n not in held]
+        new = [(n, p) for n, p in environment.discover().items() if n not in held]
         if new:
-            _say(f"new       {len(new)} module(s) of this environment are not in the image"
-                 f": {', '.join(new[:5])}{' ...' if len(new) > 5 else ''}")
+            _say(f"new       {len(new)} module(s) of this environment are not in the image "
+                 f"(stock import is used for these)")
+            _list_modules("new", new, args.verbose)
+    if enabled:
+        _refresh_status(pth, image)
     _levels_status(image, named)
     return 1 if bad else 0
+
+
+_GROUPS_SHOWN = 20
+
+
+def _list_modules(kind, modules, verbose):
+    """``modules`` (name, source path) of one kind: every one with its source when
+    ``verbose``, else grouped by top-level package."""
+    if verbose:
+        for name, path in modules:
+            _say(f"  {kind:<8}{name}  {path}")
+        return
+    groups = {}
+    for name, _ in modules:
+        groups.setdefault(name.partition(".")[0], []).append(name)
+    for top in sorted(groups)[:_GROUPS_SHOWN]:
+        names = sorted(groups[top])
+        more = f", ... ({len(names) - 3} more)" if len(names) > 3 else ""
+        _say(f"  {kind:<8}{top} ({len(names)}): {', '.join(names[:3])}{more}")
+    if len(groups) > _GROUPS_SHOWN:
+        _say(f"  ... and {len(groups) - _GROUPS_SHOWN} more packages (-v lists every module)")
+
+
+def _refresh_status(pth, image):
+    """Whether auto-refresh is on (the .pth line says so), and the end of its log."""
+    from .refresh import base_image, log_path
+    import re
+    try:
+        with open(pth, encoding="utf-8") as fh:
+            on = re.search(r"refresh=(\d+)", fh.read())
+    except OSError:
+        on = None
+    if not on:
+        _say("refresh   off (refmarshal enable --auto-refresh turns it on)")
+        return
+    log = log_path(base_image(image))
+    _say(f"refresh   on: a process that imported outdated modules starts a rebuild at exit, at "
+         f"most one every {on.group(1)} s; log {log}")
+    try:
+        with open(log, encoding="utf-8", errors="replace") as fh:
+            last = [line.rstrip() for line in fh
+                    if line[:1].isdigit() or line.startswith("refmarshal")][-3:]
+    except OSError:
+        last = ["(no rebuild yet)"]
+    for line in last:
+        _say(f"          {line}")
 
 
 _LEVEL_RUN = ("python", "python -O", "python -OO")
@@ -480,6 +531,55 @@ def _levels_status(image, named):
             changed = sum(not source_unchanged(e) for e in _directory(path).entries)
             state = f"not current: {changed} module(s) changed" if changed else "current"
         _say(f"  {level} {run:<11}{state}  {path}")
+
+
+# ------------------------------------------------------------------------------ refresh
+
+def _keep_last_lines(path, count):
+    """Cut the log at ``path`` to its last ``count`` lines, in place (writers append)."""
+    with open(path, "r+", encoding="utf-8", errors="replace") as fh:
+        lines = fh.readlines()
+        if len(lines) > count:
+            fh.seek(0)
+            fh.truncate()
+            fh.writelines(lines[-count:])
+
+
+def cmd_refresh(args):
+    import fcntl
+    from .refresh import LOG_LINES, lock_path, log_path, stamp
+    from ._startup import level_path
+    base = _level_image(args.image, 0)
+    try:
+        os.nice(10)
+    except OSError:
+        pass
+    os.makedirs(os.path.dirname(base), exist_ok=True)
+    lock = os.open(lock_path(base), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _say(f"{stamp()} another rebuild of {base} is running: not started")
+            return 0
+        os.utime(lock_path(base))           # when the last rebuild started (refresh.at_exit)
+        if os.path.exists(log_path(base)):
+            _keep_last_lines(log_path(base), LOG_LINES)
+        _say(f"{stamp()} rebuild started (pid {os.getpid()})"
+             f"{': ' + args.reason if args.reason else ''}")
+        modules = _modules_like(base, False)
+        for name, _, path in (add.partition("=") for add in args.add):
+            if os.path.isfile(path):
+                modules[name] = path
+        modules = dict(sorted(modules.items()))
+        for level in (0, 1, 2):
+            path = level_path(base, level)
+            if level == 0 or os.path.exists(path):
+                build_image(path, modules, 1, optimize=level)
+        _say(f"{stamp()} rebuild done")
+    finally:
+        os.close(lock)                      # and with it the lock
+    return 0
 
 
 # ------------------------------------------------------------------------------ bench
@@ -572,6 +672,11 @@ def make_parser():
     c.add_argument("-O", "--optimize", type=_levels, default=[0], metavar="LEVELS",
                    help="also the images for these optimization levels, a comma list such as "
                    "0,1,2 (built when missing; level 0 always)")
+    c.add_argument("--auto-refresh", type=int, nargs="?", const=60, metavar="SECONDS",
+                   help="a process that imported modules the stock way because the image is "
+                   "out of date starts one rebuild, detached and at low priority, when it "
+                   "exits (refmarshal refresh; logged beside the image); at most one every "
+                   "SECONDS (default %(const)s)")
     c.add_argument("--bench", action="store_true",
                    help="then time a few imports before and after (as refmarshal bench)")
     c.add_argument("--runs", type=int, default=10, metavar="N",
@@ -602,6 +707,15 @@ def make_parser():
     c.add_argument("--runs", type=int, default=10, metavar="N",
                    help="runs per arm and module (default %(default)s)")
 
+    c = command("refresh", cmd_refresh, "rebuild the environment's images (every level that "
+                "has one) from the modules they hold, at low priority, one rebuild at a time, "
+                "logging to a file beside the image: what enable --auto-refresh starts")
+    c.add_argument("--image", metavar="PATH", help="the level-0 image (default: the "
+                   "environment's)")
+    c.add_argument("--reason", default="", help=argparse.SUPPRESS)
+    c.add_argument("--add", action="append", default=[], metavar="NAME=PATH",
+                   help="also this module, from this source (repeatable)")
+
     sub.add_parser("profile", add_help=False, help="profile imports (refmarshal.profiler; "
                    "see refmarshal profile --help)")
     return p
@@ -611,6 +725,8 @@ def _check_counts(args):
     for opt in ("jobs", "runs"):
         if getattr(args, opt, 1) < 1:
             raise CliError(f"--{opt} must be at least 1", 2, f"refmarshal {args.command}")
+    if (getattr(args, "auto_refresh", None) or 0) < 0:
+        raise CliError("--auto-refresh must be 0 or more", 2, f"refmarshal {args.command}")
 
 
 def main(argv=None):

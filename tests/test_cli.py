@@ -17,7 +17,7 @@ from refmarshal import environment
 from refmarshal import format as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(refmarshal.__file__)))
-COMMANDS = ["build", "enable", "disable", "info", "verify", "status", "bench"]
+COMMANDS = ["build", "enable", "disable", "info", "verify", "status", "bench", "refresh"]
 needs_accel = pytest.mark.skipif(not refmarshal.accelerator_available(),
                                  reason="accelerator not built (verify and enable need it)")
 
@@ -215,6 +215,9 @@ def test_stale_sources_and_status(built):
     r = rm(["status"], cwd, REFMARSHAL_IMAGE=str(img))
     assert r.returncode == 1
     assert "current   no: 1 stale, 1 missing source" in r.stdout
+    assert "  stale   pkg (1): pkg.sub\n" in r.stdout      # grouped by top-level package
+    assert "  missing ns (1): ns.portion\n" in r.stdout
+    r = rm(["status", "-v"], cwd, REFMARSHAL_IMAGE=str(img))
     assert f"  stale   pkg.sub  {src / 'pkg' / 'sub.py'}" in r.stdout
     assert f"  missing ns.portion  {src / 'ns' / 'portion.py'}" in r.stdout
     # verify cannot check what changed, and says so; the rest still matches
@@ -485,3 +488,79 @@ def test_progress_line_on_a_terminal(tmp_path):
     final = updates[-1]
     assert re.fullmatch(r"compiling 150/150 \(100 %\), \d+ modules/s, [\d.:]+ s? *\n", final), \
         repr(final)
+
+
+# ---------------------------------------------------------------------------------------
+# auto-refresh: a process that saw outdated modules starts one rebuild at exit
+
+SERVED = ("import sys, pkg.sub\n"
+          "f = [x for x in sys.meta_path if type(x).__name__ == 'ImageFinder'][0]\n"
+          "g = getattr(pkg.sub, 'g', None)\n"
+          "print(f.fallbacks, g and f.image.owns(g.__code__),\n"
+          "      'refmarshal.refresh' in sys.modules)\n")
+
+
+@needs_accel
+def test_auto_refresh_in_a_venv(venv, tree):
+    import fcntl
+    import time
+    python, site, default = venv
+    src, cwd = tree
+    log = default + ".refresh.log"
+
+    def served():
+        r = subprocess.run([python, "-c", SERVED], cwd=cwd, capture_output=True, text=True,
+                           env=child_env([src]), timeout=60)
+        assert r.returncode == 0 and r.stderr == "", r.stderr
+        return r.stdout.split()
+
+    def settled():
+        """The log once every rebuild asked for (said before the asking process exits) has
+        ended."""
+        deadline = time.monotonic() + 600
+        while True:
+            text = open(log).read() if os.path.exists(log) else ""
+            ended = text.count("rebuild done") + text.count("not started")
+            if text.count("rebuild requested") == ended:
+                return text
+            assert time.monotonic() < deadline and "error" not in text, text
+            time.sleep(0.2)
+
+    def status():   # the command itself without the hook: it imports what the image lacks
+        return rm(["status"], cwd, python=python, pythonpath=[src], REFMARSHAL="0")
+
+    r = rm(["build", "--dir", src], cwd, python=python)
+    assert r.returncode == 0, r.stderr
+    r = rm(["enable", "--auto-refresh", "0"], cwd, python=python)
+    assert r.returncode == 0, r.stderr
+    assert f"auto-refresh: on, at most one rebuild every 0 s (log: {log})" in r.stdout
+    assert "refresh=0" in open(os.path.join(site, "refmarshal.pth")).read()
+    settled()        # enable's check may have asked for one: it imports modules the image lacks
+    r = status()
+    assert "refresh   on: a process that imported outdated modules starts a rebuild at exit, " \
+           "at most one every 0 s; log " + log in r.stdout, r.stdout
+    assert served() == ["0", "None", "False"]   # all current: nothing asked for
+    before = settled()
+
+    with open(src / "pkg" / "sub.py", "a") as fh:
+        fh.write("def g():\n    return 'changed'\n")
+    assert "  stale   pkg (1): pkg.sub\n" in status().stdout
+    assert served() == ["1", "False", "False"]  # pkg.sub the stock way; asks at exit
+    text = settled()
+    assert text.startswith(before)
+    assert re.search(r"^[\d-]+ [\d:]+ rebuild requested by pid \d+: 1 stale \(pkg.sub\), "
+                     r"0 new \(\)$", text[len(before):], re.M), text
+    assert f"building {default} from " in text[len(before):]
+    assert served() == ["0", "True", "False"]   # the next process: from the image again
+    r = status()
+    assert r.returncode == 0 and "current   yes" in r.stdout, r.stdout
+    assert re.search(r"^          [\d-]+ [\d:]+ rebuild done$", r.stdout, re.M), r.stdout
+
+    # one rebuild at a time: another one gives up while the lock is held
+    with open(default + ".refresh.lock") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        mtime = os.stat(default).st_mtime_ns
+        r = rm(["refresh"], cwd, python=python, pythonpath=[src], REFMARSHAL="0")
+        assert r.returncode == 0 and "is running: not started" in r.stdout, r.stderr
+        assert os.stat(default).st_mtime_ns == mtime
+    assert one_line_error(rm(["enable", "--auto-refresh", "-1"], cwd, python=python), 2)
