@@ -111,12 +111,16 @@ def start(base, stale, new):
     argv = [sys.executable, "-P", "-m", "refmarshal", "refresh", "--image", base,
             "--reason", why] + [f"--add={name}={path}" for name, path in new]
     flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
-    log = os.open(log_path(base), flags, 0o644)
-    try:                                     # said before this process exits
-        os.write(log, f"{stamp()} rebuild requested by pid {os.getpid()}: {why}\n".encode())
-    finally:
-        os.close(log)
     actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                (os.POSIX_SPAWN_OPEN, 1, log_path(base), flags, 0o644),
                (os.POSIX_SPAWN_DUP2, 1, 2)]
-    os.posix_spawn(sys.executable, argv, env, file_actions=actions, setsid=True)
+    try:
+        os.posix_spawn(sys.executable, argv, env, file_actions=actions, setsid=True)
+        said = f"rebuild requested by pid {os.getpid()}: {why}"
+    except OSError as exc:
+        said = f"rebuild could not be started by pid {os.getpid()} ({exc}): {why}"
+    log = os.open(log_path(base), flags, 0o644)
+    try:                                     # said before this process exits
+        os.write(log, f"{stamp()} {said}\n".encode())
+    finally:
+        os.close(log)
