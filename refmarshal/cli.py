@@ -430,6 +430,8 @@ def cmd_status(args):
     problem = _usable(image)
     if problem:
         _say(f"current   no: image {problem}")
+        if enabled:
+            _refresh_status(pth, image)
         _levels_status(image, named)
         return 1
     entries = _directory(image).entries
@@ -481,8 +483,8 @@ def _list_modules(kind, modules, verbose):
 
 def _refresh_status(pth, image):
     """Whether auto-refresh is on (the .pth line says so), and the end of its log."""
-    from .refresh import base_image, log_path
     import re
+    from .refresh import base_image, log_path
     try:
         with open(pth, encoding="utf-8") as fh:
             on = re.search(r"refresh=(\d+)", fh.read())
@@ -511,12 +513,12 @@ def _levels_status(image, named):
     """One line per optimization level: its image (beside ``image``, as the start-up hook
     looks for it), whether it exists and is current.  ``named``: REFMARSHAL_IMAGE chose
     ``image``, which the hook then uses at every level."""
-    import re
     from .importer import source_unchanged
+    from .refresh import base_image
     if named:
         _say("levels    REFMARSHAL_IMAGE is used as named, at every optimization level")
         return
-    base = re.sub(r"\.opt-[12]\.img$", ".img", image)
+    base = base_image(image)
     _say("levels    one image per optimization level (refmarshal build --optimize 0,1,2); "
          "python -O or -OO")
     _say("          without an image of its level imports the stock way, silently")

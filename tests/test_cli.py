@@ -493,13 +493,6 @@ def test_progress_line_on_a_terminal(tmp_path):
 # ---------------------------------------------------------------------------------------
 # auto-refresh: a process that saw outdated modules starts one rebuild at exit
 
-SERVED = ("import sys, pkg.sub\n"
-          "f = [x for x in sys.meta_path if type(x).__name__ == 'ImageFinder'][0]\n"
-          "g = getattr(pkg.sub, 'g', None)\n"
-          "print(f.fallbacks, g and f.image.owns(g.__code__),\n"
-          "      'refmarshal.refresh' in sys.modules)\n")
-
-
 @needs_accel
 def test_auto_refresh_in_a_venv(venv, tree):
     import fcntl
@@ -509,7 +502,14 @@ def test_auto_refresh_in_a_venv(venv, tree):
     log = default + ".refresh.log"
 
     def served():
-        r = subprocess.run([python, "-c", SERVED], cwd=cwd, capture_output=True, text=True,
+        """[modules the image holds that went the stock way, whether pkg.sub.g's code is the
+        image's (None: no g yet), whether auto-refresh's module was imported while running]"""
+        code = ("import sys, pkg.sub\n"
+                "f = [x for x in sys.meta_path if type(x).__name__ == 'ImageFinder'][0]\n"
+                "g = getattr(pkg.sub, 'g', None)\n"
+                "print(f.fallbacks, g and f.image.owns(g.__code__),\n"
+                "      'refmarshal.refresh' in sys.modules)\n")
+        r = subprocess.run([python, "-c", code], cwd=cwd, capture_output=True, text=True,
                            env=child_env([src]), timeout=60)
         assert r.returncode == 0 and r.stderr == "", r.stderr
         return r.stdout.split()
