@@ -43,6 +43,9 @@ def outdated(finder, before, source_unchanged):
     from _frozen_importlib_external import SourceFileLoader
 
     image = finder.image
+    # in checked mode a stale module goes the stock way and counts as a fallback: without
+    # one, no source need be looked at
+    look = finder.fallbacks > 0 or not finder.checked
     roots = tuple({os.path.join(p, "") for p in (sys.prefix, sys.base_prefix)})
     stale, new = [], []
     for name, module in list(sys.modules.items()):
@@ -58,7 +61,7 @@ def outdated(finder, before, source_unchanged):
             if origin.startswith(roots):
                 new.append((name, origin))
             continue
-        if entry.path == origin and not source_unchanged(entry):
+        if look and entry.path == origin and not source_unchanged(entry):
             stale.append(name)
     return sorted(stale), sorted(new)
 

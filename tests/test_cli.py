@@ -537,6 +537,12 @@ def test_auto_refresh_in_a_venv(venv, tree):
     assert "refresh=0" in open(os.path.join(site, "refmarshal.pth")).read()
     settled()        # enable's check may have asked for one: it imports modules the image lacks
     r = status()
+    # the image holds the tree only: the environment's other modules are new, per package
+    groups = re.findall(r"^  new     (\S+) \((\d+)\): \1, \1\.\S+, \1\.\S+, \.\.\. "
+                        r"\((\d+) more\)$", r.stdout, re.M)
+    assert groups and all(int(n) == int(more) + 3 for _, n, more in groups), r.stdout
+    assert re.search(r"^  \.\.\. and \d+ more packages \(-v lists every module\)$", r.stdout,
+                     re.M), r.stdout
     assert "refresh   on: a process that imported outdated modules starts a rebuild at exit, " \
            "at most one every 0 s; log " + log in r.stdout, r.stdout
     assert served() == ["0", "None", "False"]   # all current: nothing asked for
