@@ -47,7 +47,10 @@ def level_path(path, optimize):
     return f"{path[:-4] if path.endswith('.img') else path}.opt-{optimize}.img"
 
 
-def run(image=None):
+def run(image=None, refresh=None):
+    """``refresh``: auto-refresh is on (``refmarshal enable --auto-refresh``), at most one
+    rebuild every ``refresh`` seconds: when the image is opened, an ``atexit`` handler is
+    registered that may start one (``refmarshal.refresh``)."""
     env = os.environ
     if env.get("REFMARSHAL") == "0":
         return
@@ -73,9 +76,9 @@ def run(image=None):
             return                          # already in place (the .pth read twice)
         if PathFinder not in mp or not os.path.exists(path):
             from .importer import install   # says why, once
-            install(path, checked=checked)
+            _refresh_at_exit(install(path, checked=checked), refresh)
             return
-        mp.insert(mp.index(PathFinder), PendingFinder(path, checked))
+        mp.insert(mp.index(PathFinder), PendingFinder(path, checked, refresh))
     except Exception as exc:   # e.g. -W error made our warning an exception: still say it
         report(exc)
 
@@ -89,9 +92,10 @@ class PendingFinder:
     # import serves them without waking the image up, so ``python -c pass`` never opens it.
     _STARTUP_NAMES = frozenset({"sitecustomize", "usercustomize", "linecache"})
 
-    def __init__(self, path, checked):
+    def __init__(self, path, checked, refresh=None):
         self.path = path
         self.checked = checked
+        self.refresh = refresh
         self.done = False
 
     def __repr__(self):
@@ -104,12 +108,31 @@ class PendingFinder:
         try:
             from .importer import install
             finder = install(self.path, checked=self.checked)
+            _refresh_at_exit(finder, self.refresh)
         except Exception as exc:    # -W error made our warning an exception: still say it
             report(exc)
             finder = None
         if fullname in sys.modules:  # installing imported it (e.g. _cffi_backend, imported first)
             return _already_imported(sys.modules[fullname])
         return None if finder is None else finder.find_spec(fullname, path, target)
+
+
+def _refresh_at_exit(finder, refresh):
+    """With auto-refresh on, let ``refresh.at_exit`` look at what ``finder`` served when the
+    process exits (imported only then), leaving out the modules imported before it was in
+    place, which no image could serve."""
+    if refresh is not None and finder is not None:
+        import atexit   # built in
+        atexit.register(_at_exit, finder, frozenset(sys.modules), refresh)
+
+
+def _at_exit(finder, before, interval):
+    try:
+        from .importer import source_unchanged
+        from .refresh import at_exit
+        at_exit(finder, before, source_unchanged, interval)
+    except BaseException:   # noqa: BLE001 - the process is ending: nothing may stop it
+        pass
 
 
 class _AlreadyImported:

@@ -72,28 +72,58 @@ def finder_image(env=None):
     return proc.stdout.strip(), proc.stderr.strip()
 
 
+def _duration(seconds):
+    """``42 s`` or ``3:07`` (minutes and seconds)."""
+    seconds = round(seconds)
+    return f"{seconds} s" if seconds < 60 else f"{seconds // 60}:{seconds % 60:02}"
+
+
 class Progress:
-    """A bar on stderr when it is a terminal; otherwise a plain line on stdout at every tenth
-    of the work (none for small jobs, which are over before anyone would read them)."""
+    """On a terminal, one line on stderr, rewritten in place (carriage return): count, rate and
+    time left, then the count, rate and time taken when done.  Otherwise a plain line on
+    stdout at every tenth of the work (none for small jobs, which are over before anyone would
+    read them)."""
 
     PLAIN_MINIMUM = 100
+    WIDTH = 79           # of the terminal line, the module's name cut to fit
+    INTERVAL = 0.1       # seconds between rewrites of the line
 
-    def __init__(self, what):
+    def __init__(self, what, unit="modules"):
         self.what = what
+        self.unit = unit
         self.tty = sys.stderr.isatty()
         self.next_line = 0.1
+        self.start = self.shown = time.perf_counter()
+        self.last = 0        # length of the line shown
 
     def __call__(self, done, total, name=""):
         if self.tty:
-            width = 30
-            filled = width * done // max(total, 1)
-            text = f"\r{self.what} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {name}"
-            sys.stderr.write(text[:100].ljust(100) + ("\n" if done == total else ""))
-            sys.stderr.flush()
+            self._line(done, total, name)
         elif total >= self.PLAIN_MINIMUM and done / total >= self.next_line:
             while self.next_line <= done / total:
                 self.next_line += 0.1
             _say(f"{self.what}: {done}/{total}")
+
+    def _line(self, done, total, name):
+        now = time.perf_counter()
+        final = done >= total
+        if not final and done > 1 and now - self.shown < self.INTERVAL:
+            return
+        self.shown = now
+        elapsed = now - self.start
+        rate = done / elapsed if elapsed > 0 else 0.0
+        text = f"{self.what} {done}/{total} ({100 * done // max(total, 1)} %), " \
+               f"{rate:.0f} {self.unit}/s, "
+        if final:
+            text += f"{_duration(elapsed)}"
+        else:
+            text += f"ETA {_duration((total - done) / rate) if rate else '?'}"
+            room = self.WIDTH - len(text) - 2
+            if name and room > 3:
+                text += "  " + (name if len(name) <= room else name[:room - 3] + "...")
+        sys.stderr.write("\r" + text.ljust(self.last) + ("\n" if final else ""))
+        sys.stderr.flush()
+        self.last = len(text)
 
 
 # ------------------------------------------------------------------------------ build
@@ -118,21 +148,23 @@ def _selection(args):
             if not environment.excluded(n, args.exclude)}
 
 
-def build_image(output, modules, jobs, verbose=False):
-    """Write the image and print the summary; returns the BuildResult."""
+def build_image(output, modules, jobs, verbose=False, optimize=0):
+    """Write the image for optimization level ``optimize`` and print the summary; returns the
+    BuildResult."""
     from .building import build
     if not modules:
         raise CliError("nothing to build: no Python modules found")
     os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
-    _say(f"building {output} from {len(modules)} modules ({jobs} job{'s' * (jobs > 1)})")
+    level = f", optimization level {optimize}" if optimize else ""
+    _say(f"building {output} from {len(modules)} modules ({jobs} job{'s' * (jobs > 1)}{level})")
     start = time.perf_counter()
     with warnings.catch_warnings():
         # what compiling a source says (invalid escapes, "is" with a literal) is for its
         # authors, shown when they run it; compileall -q is as quiet
         warnings.simplefilter("ignore", SyntaxWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
-        result = build(output, modules.items(), jobs=jobs, progress=Progress("compiling"),
-                       implementation="auto")
+        result = build(output, modules.items(), optimize=optimize, jobs=jobs,
+                       progress=Progress("compiling"), implementation="auto")
     seconds = time.perf_counter() - start
     _say(f"{len(result.modules)} modules, {len(result.skipped)} skipped, {_mb(result.size)}, "
          f"{result.strings} shared strings, {seconds:.1f} s")
@@ -144,23 +176,46 @@ def build_image(output, modules, jobs, verbose=False):
     return result
 
 
+def _level_image(path, level):
+    """The image for optimization level ``level``: beside ``path`` (the level-0 one, as named
+    by -o or --image), else at the environment's default path for that level."""
+    from ._startup import default_image_path, level_path
+    return level_path(os.path.abspath(path), level) if path else default_image_path(level)
+
+
+def _levels(text):
+    """--optimize: a comma list of optimization levels, e.g. ``0,1,2``."""
+    try:
+        levels = sorted({int(part) for part in text.split(",")})
+    except ValueError:
+        levels = []
+    if not levels or not set(levels) <= {0, 1, 2}:
+        raise argparse.ArgumentTypeError(f"{text!r}: a comma list of levels 0, 1 and 2")
+    return levels
+
+
 def cmd_build(args):
-    build_image(_image_arg(args.output), _selection(args), args.jobs, args.verbose)
+    modules = _selection(args)
+    for level in args.optimize:
+        build_image(_level_image(args.output, level), modules, args.jobs, args.verbose, level)
     return 0
 
 
 # ------------------------------------------------------------------------------ enable / disable
 
-def _usable(path):
-    """None when ``path`` is an image this interpreter can open, else why not."""
+def _usable(path, level=None):
+    """None when ``path`` is an image this interpreter can open (built for optimization level
+    ``level``, when given), else why not."""
     from .container import check_file
     from .errors import ImageError
     try:
-        check_file(path)
+        fields = check_file(path)
     except FileNotFoundError:
         return "missing"
     except (OSError, ImageError) as exc:
         return str(exc)
+    if level is not None and fields["optimize"] != level:
+        return f"built at optimization level {fields['optimize']}, not {level}"
     return None
 
 
@@ -175,22 +230,37 @@ def _write_atomically(path, text):
             os.unlink(tmp)
 
 
+def _modules_like(image, rebuilding):
+    """What enable (and refresh) build: the environment's modules, or when ``image`` (level
+    0's) is kept, the modules it holds, so the other levels' images hold the same ones (a
+    selection made with ``refmarshal build --dir``, ``--exclude``... carries over)."""
+    if rebuilding or _usable(image, 0):
+        from . import environment
+        return environment.discover()
+    return {e.name: e.path for e in _directory(image).entries if os.path.exists(e.path)}
+
+
 def cmd_enable(args):
     from . import accelerator_available, importer
     if not accelerator_available():
         raise CliError("the accelerator is not built for this interpreter, so the hook could "
                        "only warn at every start; reinstall refmarshal with a C compiler")
-    image = _image_arg(args.image)
-    problem = _usable(image)
-    if args.build or problem:
-        if problem and not args.build:
-            _say(f"image {image}: {problem}; building it")
-        from . import environment
-        build_image(image, environment.discover(), args.jobs)
+    image = _level_image(args.image, 0)
+    modules = None
+    for level in sorted({0, *args.optimize}):
+        path = _level_image(args.image, level)
+        problem = _usable(path, level)
+        if args.build or problem:
+            if problem and not args.build:
+                _say(f"image {path}: {problem}; building it")
+            if modules is None:
+                modules = _modules_like(image, args.build or level == 0)
+            build_image(path, modules, args.jobs, optimize=level)
     pth = pth_path()
     try:
         os.makedirs(os.path.dirname(pth), exist_ok=True)
-        _write_atomically(pth, importer.pth_text(None if args.image is None else image))
+        _write_atomically(pth, importer.pth_text(None if args.image is None else image,
+                                                 args.auto_refresh))
     except OSError as exc:
         raise CliError(f"cannot write {pth}: {exc.strerror or exc}") from None
     env = dict(os.environ)
@@ -202,6 +272,12 @@ def cmd_enable(args):
                        f"{': ' + err.splitlines()[-1] if err else ''}")
     _say(f"enabled: {pth}")
     _say(f"image:   {image}")
+    for level in sorted(set(args.optimize) - {0}):
+        _say(f"{'-' + 'O' * level + ':':<9}{_level_image(args.image, level)}")
+    if args.auto_refresh is not None:
+        from .refresh import log_path
+        _say(f"auto-refresh: on, at most one rebuild every {args.auto_refresh} s "
+             f"(log: {log_path(image)})")
     if os.environ.get("REFMARSHAL") == "0":
         _say("note: REFMARSHAL=0 is set in this shell, which turns the hook off here")
     if args.bench:
@@ -350,9 +426,13 @@ def cmd_status(args):
         if active:
             image, source = active, source or " (the one a new interpreter uses)"
     _say(f"image     {image}{source}")
+    named = bool(os.environ.get("REFMARSHAL_IMAGE"))
     problem = _usable(image)
     if problem:
         _say(f"current   no: image {problem}")
+        if enabled:
+            _refresh_status(pth, image)
+        _levels_status(image, named)
         return 1
     entries = _directory(image).entries
     states = [(e, _source_state(e)) for e in entries]
@@ -364,19 +444,144 @@ def cmd_status(args):
     else:
         _say(f"current   no: {stale} stale, {len(bad) - stale} missing source "
              f"(stock import is used for these; refmarshal build refreshes the image)")
-        shown = bad if args.verbose else bad[:20]
-        for e, s in shown:
-            _say(f"  {s:<8}{e.name}  {e.path}")
-        if len(shown) < len(bad):
-            _say(f"  ... and {len(bad) - len(shown)} more (-v lists all)")
+        for kind in ("stale", "missing"):
+            _list_modules(kind, [(e.name, e.path) for e, s in bad if s == kind], args.verbose)
     if image == importer.default_image_path():
         from . import environment
         held = {e.name for e in entries}
-        new = [n for n in environment.discover() if n not in held]
+        new = [(n, p) for n, p in environment.discover().items() if n not in held]
         if new:
-            _say(f"new       {len(new)} module(s) of this environment are not in the image"
-                 f": {', '.join(new[:5])}{' ...' if len(new) > 5 else ''}")
+            _say(f"new       {len(new)} module(s) of this environment are not in the image "
+                 f"(stock import is used for these)")
+            _list_modules("new", new, args.verbose)
+    if enabled:
+        _refresh_status(pth, image)
+    _levels_status(image, named)
     return 1 if bad else 0
+
+
+_GROUPS_SHOWN = 20
+
+
+def _list_modules(kind, modules, verbose):
+    """``modules`` (name, source path) of one kind: every one with its source when
+    ``verbose``, else grouped by top-level package."""
+    if verbose:
+        for name, path in modules:
+            _say(f"  {kind:<8}{name}  {path}")
+        return
+    groups = {}
+    for name, _ in modules:
+        groups.setdefault(name.partition(".")[0], []).append(name)
+    for top in sorted(groups)[:_GROUPS_SHOWN]:
+        names = sorted(groups[top])
+        more = f", ... ({len(names) - 3} more)" if len(names) > 3 else ""
+        _say(f"  {kind:<8}{top} ({len(names)}): {', '.join(names[:3])}{more}")
+    if len(groups) > _GROUPS_SHOWN:
+        _say(f"  ... and {len(groups) - _GROUPS_SHOWN} more packages (-v lists every module)")
+
+
+def _refresh_status(pth, image):
+    """Whether auto-refresh is on (the .pth line says so), and the end of its log."""
+    import re
+    from .refresh import base_image, log_path
+    try:
+        with open(pth, encoding="utf-8") as fh:
+            on = re.search(r"refresh=(\d+)", fh.read())
+    except OSError:
+        on = None
+    if not on:
+        _say("refresh   off (refmarshal enable --auto-refresh turns it on)")
+        return
+    log = log_path(base_image(image))
+    _say(f"refresh   on: a process that imported outdated modules starts a rebuild at exit, at "
+         f"most one every {on.group(1)} s; log {log}")
+    try:
+        with open(log, encoding="utf-8", errors="replace") as fh:
+            last = [line.rstrip() for line in fh
+                    if line[:1].isdigit() or line.startswith("refmarshal")][-3:]
+    except OSError:
+        last = ["(no rebuild yet)"]
+    for line in last:
+        _say(f"          {line}")
+
+
+_LEVEL_RUN = ("python", "python -O", "python -OO")
+
+
+def _levels_status(image, named):
+    """One line per optimization level: its image (beside ``image``, as the start-up hook
+    looks for it), whether it exists and is current.  ``named``: REFMARSHAL_IMAGE chose
+    ``image``, which the hook then uses at every level."""
+    from .importer import source_unchanged
+    from .refresh import base_image
+    if named:
+        _say("levels    REFMARSHAL_IMAGE is used as named, at every optimization level")
+        return
+    base = base_image(image)
+    _say("levels    one image per optimization level (refmarshal build --optimize 0,1,2); "
+         "python -O or -OO")
+    _say("          without an image of its level imports the stock way, silently")
+    for level, run in enumerate(_LEVEL_RUN):
+        path = _level_image(base, level)
+        problem = _usable(path, level)
+        if problem == "missing":
+            state = "no image"
+        elif problem:
+            state = f"unusable: {problem}"
+        else:
+            changed = sum(not source_unchanged(e) for e in _directory(path).entries)
+            state = f"not current: {changed} module(s) changed" if changed else "current"
+        _say(f"  {level} {run:<11}{state}  {path}")
+
+
+# ------------------------------------------------------------------------------ refresh
+
+def _keep_last_lines(path, count):
+    """Cut the log at ``path`` to its last ``count`` lines, in place (writers append)."""
+    with open(path, "r+", encoding="utf-8", errors="replace") as fh:
+        lines = fh.readlines()
+        if len(lines) > count:
+            fh.seek(0)
+            fh.truncate()
+            fh.writelines(lines[-count:])
+
+
+def cmd_refresh(args):
+    import fcntl
+    from .refresh import LOG_LINES, lock_path, log_path, stamp
+    from ._startup import level_path
+    base = _level_image(args.image, 0)
+    try:
+        os.nice(10)
+    except OSError:
+        pass
+    os.makedirs(os.path.dirname(base), exist_ok=True)
+    lock = os.open(lock_path(base), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _say(f"{stamp()} another rebuild of {base} is running: not started")
+            return 0
+        os.utime(lock_path(base))           # when the last rebuild started (refresh.at_exit)
+        if os.path.exists(log_path(base)):
+            _keep_last_lines(log_path(base), LOG_LINES)
+        _say(f"{stamp()} rebuild started (pid {os.getpid()})"
+             f"{': ' + args.reason if args.reason else ''}")
+        modules = _modules_like(base, False)
+        for name, _, path in (add.partition("=") for add in args.add):
+            if os.path.isfile(path):
+                modules[name] = path
+        modules = dict(sorted(modules.items()))
+        for level in (0, 1, 2):
+            path = level_path(base, level)
+            if level == 0 or os.path.exists(path):
+                build_image(path, modules, 1, optimize=level)
+        _say(f"{stamp()} rebuild done")
+    finally:
+        os.close(lock)                      # and with it the lock
+    return 0
 
 
 # ------------------------------------------------------------------------------ bench
@@ -393,7 +598,8 @@ def _run_bench(modules, runs):
         served = [bench.probe(sys.executable, s, arms[1]) for s in statements[1:]]
         _say(f"timing {len(statements)} statements x {len(arms)} arms x {runs} runs, "
              f"interleaved, in fresh interpreters ({sys.executable})")
-        samples = bench.measure(sys.executable, statements, arms, runs, Progress("rounds"))
+        samples = bench.measure(sys.executable, statements, arms, runs,
+                                Progress("rounds", "rounds"))
     except bench.BenchError as exc:
         raise CliError(str(exc)) from None
     lines = bench.table(statements, arms, samples)
@@ -453,6 +659,10 @@ def make_parser():
     c.add_argument("-j", "--jobs", type=int, default=1, metavar="N",
                    help="compile in N processes (default 1: with the C writer one process is "
                    "about as fast as compileall)")
+    c.add_argument("-O", "--optimize", type=_levels, default=[0], metavar="LEVELS",
+                   help="one image per optimization level, a comma list such as 0,1,2 (level "
+                   "1 serves python -O, 2 python -OO; -o PATH names level 0's, the others go "
+                   "beside it as PATH.opt-N.img; default: 0)")
     c.add_argument("-v", "--verbose", action="store_true", help="list the skipped modules")
 
     c = command("enable", cmd_enable, "install the .pth hook that imports through the image "
@@ -461,6 +671,14 @@ def make_parser():
     c.add_argument("--image", metavar="PATH", help="use this image instead of the "
                    "environment's default one (built there if missing)")
     c.add_argument("--build", action="store_true", help="rebuild the image even if it exists")
+    c.add_argument("-O", "--optimize", type=_levels, default=[0], metavar="LEVELS",
+                   help="also the images for these optimization levels, a comma list such as "
+                   "0,1,2 (built when missing; level 0 always)")
+    c.add_argument("--auto-refresh", type=int, nargs="?", const=60, metavar="SECONDS",
+                   help="a process that imported modules the stock way because the image is "
+                   "out of date starts one rebuild, detached and at low priority, when it "
+                   "exits (refmarshal refresh; logged beside the image); at most one every "
+                   "SECONDS (default %(const)s)")
     c.add_argument("--bench", action="store_true",
                    help="then time a few imports before and after (as refmarshal bench)")
     c.add_argument("--runs", type=int, default=10, metavar="N",
@@ -491,6 +709,15 @@ def make_parser():
     c.add_argument("--runs", type=int, default=10, metavar="N",
                    help="runs per arm and module (default %(default)s)")
 
+    c = command("refresh", cmd_refresh, "rebuild the environment's images (every level that "
+                "has one) from the modules they hold, at low priority, one rebuild at a time, "
+                "logging to a file beside the image: what enable --auto-refresh starts")
+    c.add_argument("--image", metavar="PATH", help="the level-0 image (default: the "
+                   "environment's)")
+    c.add_argument("--reason", default="", help=argparse.SUPPRESS)
+    c.add_argument("--add", action="append", default=[], metavar="NAME=PATH",
+                   help="also this module, from this source (repeatable)")
+
     sub.add_parser("profile", add_help=False, help="profile imports (refmarshal.profiler; "
                    "see refmarshal profile --help)")
     return p
@@ -500,6 +727,8 @@ def _check_counts(args):
     for opt in ("jobs", "runs"):
         if getattr(args, opt, 1) < 1:
             raise CliError(f"--{opt} must be at least 1", 2, f"refmarshal {args.command}")
+    if (getattr(args, "auto_refresh", None) or 0) < 0:
+        raise CliError("--auto-refresh must be 0 or more", 2, f"refmarshal {args.command}")
 
 
 def main(argv=None):

@@ -30,18 +30,19 @@ __all__ = ["install", "uninstall", "default_image_path", "pth_text", "PTH_NAME",
            "ImageLoader"]
 
 
-def pth_text(image=None):
+def pth_text(image=None, refresh=None):
     """The line ``refmarshal enable`` writes to ``PTH_NAME`` in site-packages.  site executes
     lines starting with ``import``; the try keeps interpreter start silent if refmarshal was
     uninstalled and the file left behind.  ``image``: an image other than the default
     (``REFMARSHAL_IMAGE`` still overrides it); under ``-O``/``-OO`` the one beside it for that
-    level (``_startup.level_path``)."""
-    if image is not None:
-        code = ("try: import refmarshal._startup as s\nexcept ImportError: s = None\n"
-                f"if s: s.run({os.fspath(image)!r})")
-        return f"import sys; exec({code!r})\n"
-    return ('import sys; exec("try: import refmarshal._startup as s\\n'
-            'except ImportError: s = None\\nif s: s.run()")\n')
+    level (``_startup.level_path``).  ``refresh``: auto-refresh, at most one rebuild every
+    ``refresh`` seconds (``refmarshal.refresh``)."""
+    args = [] if image is None else [repr(os.fspath(image))]
+    if refresh is not None:
+        args.append(f"refresh={refresh!r}")
+    code = ("try: import refmarshal._startup as s\nexcept ImportError: s = None\n"
+            f"if s: s.run({', '.join(args)})")
+    return f"import sys; exec({code!r})\n"
 
 
 def _warn(message, stacklevel=2):

@@ -17,7 +17,7 @@ from refmarshal import environment
 from refmarshal import format as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(refmarshal.__file__)))
-COMMANDS = ["build", "enable", "disable", "info", "verify", "status", "bench"]
+COMMANDS = ["build", "enable", "disable", "info", "verify", "status", "bench", "refresh"]
 needs_accel = pytest.mark.skipif(not refmarshal.accelerator_available(),
                                  reason="accelerator not built (verify and enable need it)")
 
@@ -215,6 +215,9 @@ def test_stale_sources_and_status(built):
     r = rm(["status"], cwd, REFMARSHAL_IMAGE=str(img))
     assert r.returncode == 1
     assert "current   no: 1 stale, 1 missing source" in r.stdout
+    assert "  stale   pkg (1): pkg.sub\n" in r.stdout      # grouped by top-level package
+    assert "  missing ns (1): ns.portion\n" in r.stdout
+    r = rm(["status", "-v"], cwd, REFMARSHAL_IMAGE=str(img))
     assert f"  stale   pkg.sub  {src / 'pkg' / 'sub.py'}" in r.stdout
     assert f"  missing ns.portion  {src / 'ns' / 'portion.py'}" in r.stdout
     # verify cannot check what changed, and says so; the rest still matches
@@ -371,3 +374,199 @@ def test_enable_and_disable_in_a_venv(venv, tree):
     assert r.returncode == 0 and "not enabled" in r.stdout
     r = rm(["status"], cwd, python=python)
     assert "enabled   no" in r.stdout and r.returncode == 1     # and the default image is gone
+
+
+@needs_accel
+def test_optimization_levels_in_a_venv(venv, tree):
+    from refmarshal._startup import level_path
+    python, site, default = venv
+    src, cwd = tree
+    opt1, opt2 = level_path(default, 1), level_path(default, 2)
+
+    def finders(flag):
+        r = subprocess.run([python, flag, "-c", FINDERS], cwd=cwd, capture_output=True,
+                           text=True, env=child_env([src]))
+        assert r.returncode == 0 and r.stderr == "", r.stderr      # never a word
+        return r.stdout.split()
+
+    r = rm(["build", "--dir", src, "--optimize", "1,0"], cwd, python=python)
+    assert r.returncode == 0, r.stderr
+    assert f"building {opt1} from 7 modules (1 job, optimization level 1)" in r.stdout
+    assert os.path.exists(default) and os.path.exists(opt1) and not os.path.exists(opt2)
+    r = rm(["enable", "--optimize", "1"], cwd, python=python)
+    assert r.returncode == 0 and "building" not in r.stdout, r.stdout + r.stderr
+    assert f"-O:      {opt1}" in r.stdout
+    assert finders("-O") == ["1", opt1, "True"]        # python -O: its own image
+    assert finders("-OO") == ["0", "[]", "[]"]         # no image for -OO: stock, silently
+    assert finders("-B") == ["1", default, "True"]
+
+    def levels(code=0):
+        r = rm(["status"], cwd, python=python)
+        assert r.returncode == code, r.stdout + r.stderr
+        assert "without an image of its level imports the stock way, silently" in r.stdout
+        return re.findall(r"^  (\d) (python(?: -O+)?) +(.*)  (\S+)$", r.stdout, re.M)
+
+    assert levels() == [("0", "python", "current", default),
+                        ("1", "python -O", "current", opt1),
+                        ("2", "python -OO", "no image", opt2)]
+    # enable builds a missing level, from the modules level 0's image holds
+    r = rm(["enable", "--optimize", "0,2"], cwd, python=python)
+    assert r.returncode == 0, r.stderr
+    assert f"image {opt2}: missing; building it" in r.stdout
+    assert f"building {opt2} from 6 modules" in r.stdout and r.stdout.count("building ") == 2
+    assert refmarshal.Image(opt2, implementation="accel").header["optimize"] == 2
+    assert finders("-OO") == ["1", opt2, "True"]
+    with open(src / "mod.py", "a") as fh:
+        fh.write("Z = 1\n")
+    assert [state for _, _, state, _ in levels(1)] == ["not current: 1 module(s) changed"] * 3
+
+
+def test_build_levels_beside_the_named_image(built):
+    src, cwd, img, _ = built
+    r = rm(["build", "--dir", src, "-o", img, "-O", "2,0"], cwd)
+    assert r.returncode == 0, r.stderr
+    opt2 = img.parent / "tree.opt-2.img"
+    assert sorted(os.listdir(img.parent)) == ["tree.img", "tree.opt-2.img"]
+    assert r.stdout.index(f"building {img} ") < r.stdout.index(f"building {opt2} ")
+    for path, level in ((img, 0), (opt2, 2)):
+        assert refmarshal.Image(path, implementation="reference").header["optimize"] == level
+    for bad in ("3", "0,x", "", "-1"):
+        line = one_line_error(rm(["build", "--dir", src, "-o", img, "-O", bad], cwd), 2)
+        assert "--optimize" in line
+
+
+# ---------------------------------------------------------------------------------------
+# progress: plain lines when not on a terminal, one rewritten line on a terminal
+
+MANY = {f"m{i:03}.py": f"X = {i}\n" for i in range(150)}
+
+
+def test_progress_when_not_a_terminal(tree):
+    src, cwd = tree
+    r = rm(["build", "--dir", src, "-o", "small.img"], cwd)
+    assert r.returncode == 0 and r.stderr == "" and "compiling" not in r.stdout
+    many = write_tree(cwd / "many", MANY)
+    r = rm(["build", "--dir", many, "-o", "many.img"], cwd)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    lines = re.findall(r"^compiling: (\d+)/150$", r.stdout, re.M)
+    assert lines[-1] == "150" and 8 <= len(lines) <= 11, r.stdout
+    assert [int(n) for n in lines] == sorted(int(n) for n in lines)
+
+
+def test_progress_line_on_a_terminal(tmp_path):
+    import pty
+    many = write_tree(tmp_path / "many", MANY)
+    # a slow module: the line is rewritten while the build goes on
+    (many / "m075.py").write_text("import time\nX = 1\n" + "Y = 2\n" * 20000)
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "refmarshal", "build", "--dir", many,
+                                 "-o", "many.img"], cwd=tmp_path, env=child_env(),
+                                stdout=subprocess.PIPE, stderr=slave, text=True)
+        os.close(slave)
+        chunks = []
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except OSError:          # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+        stdout, _ = proc.communicate(timeout=300)
+    finally:
+        os.close(master)
+    assert proc.returncode == 0, stdout
+    shown = b"".join(chunks).decode()
+    assert "compiling:" not in stdout                       # no plain lines besides
+    updates = shown.replace("\r\n", "\n").split("\r")
+    assert updates[0] == "" and len(updates) >= 3, repr(shown)
+    for text in updates[1:-1]:
+        assert re.fullmatch(r"compiling \d+/150 \(\d+ %\), \d+ modules/s, ETA [\d:]+ s?.*",
+                            text.rstrip()), repr(text)
+        assert "\n" not in text and len(text) <= 79
+    final = updates[-1]
+    assert re.fullmatch(r"compiling 150/150 \(100 %\), \d+ modules/s, [\d.:]+ s? *\n", final), \
+        repr(final)
+
+
+# ---------------------------------------------------------------------------------------
+# auto-refresh: a process that saw outdated modules starts one rebuild at exit
+
+@needs_accel
+def test_auto_refresh_in_a_venv(venv, tree):
+    import fcntl
+    import time
+    python, site, default = venv
+    src, cwd = tree
+    log = default + ".refresh.log"
+
+    def served():
+        """[modules the image holds that went the stock way, whether pkg.sub.g's code is the
+        image's (None: no g yet), whether auto-refresh's module was imported while running]"""
+        code = ("import sys, pkg.sub\n"
+                "f = [x for x in sys.meta_path if type(x).__name__ == 'ImageFinder'][0]\n"
+                "g = getattr(pkg.sub, 'g', None)\n"
+                "print(f.fallbacks, g and f.image.owns(g.__code__),\n"
+                "      'refmarshal.refresh' in sys.modules)\n")
+        r = subprocess.run([python, "-c", code], cwd=cwd, capture_output=True, text=True,
+                           env=child_env([src]), timeout=60)
+        assert r.returncode == 0 and r.stderr == "", r.stderr
+        return r.stdout.split()
+
+    def settled():
+        """The log once every rebuild asked for (said before the asking process exits) has
+        ended."""
+        deadline = time.monotonic() + 600
+        while True:
+            text = open(log).read() if os.path.exists(log) else ""
+            ended = text.count("rebuild done") + text.count("not started")
+            if text.count("rebuild requested") == ended:
+                return text
+            assert time.monotonic() < deadline and "error" not in text, text
+            time.sleep(0.2)
+
+    def status():   # the command itself without the hook: it imports what the image lacks
+        return rm(["status"], cwd, python=python, pythonpath=[src], REFMARSHAL="0")
+
+    r = rm(["build", "--dir", src], cwd, python=python)
+    assert r.returncode == 0, r.stderr
+    r = rm(["enable", "--auto-refresh", "0"], cwd, python=python)
+    assert r.returncode == 0, r.stderr
+    assert f"auto-refresh: on, at most one rebuild every 0 s (log: {log})" in r.stdout
+    assert "refresh=0" in open(os.path.join(site, "refmarshal.pth")).read()
+    settled()        # enable's check may have asked for one: it imports modules the image lacks
+    r = status()
+    # the image holds the tree only: the environment's other modules are new, per package
+    groups = re.findall(r"^  new     (\S+) \((\d+)\): \1, \1\.\S+, \1\.\S+, \.\.\. "
+                        r"\((\d+) more\)$", r.stdout, re.M)
+    assert groups and all(int(n) == int(more) + 3 for _, n, more in groups), r.stdout
+    assert re.search(r"^  \.\.\. and \d+ more packages \(-v lists every module\)$", r.stdout,
+                     re.M), r.stdout
+    assert "refresh   on: a process that imported outdated modules starts a rebuild at exit, " \
+           "at most one every 0 s; log " + log in r.stdout, r.stdout
+    assert served() == ["0", "None", "False"]   # all current: nothing asked for
+    before = settled()
+
+    with open(src / "pkg" / "sub.py", "a") as fh:
+        fh.write("def g():\n    return 'changed'\n")
+    assert "  stale   pkg (1): pkg.sub\n" in status().stdout
+    assert served() == ["1", "False", "False"]  # pkg.sub the stock way; asks at exit
+    text = settled()
+    assert text.startswith(before)
+    assert re.search(r"^[\d-]+ [\d:]+ rebuild requested by pid \d+: 1 stale \(pkg.sub\), "
+                     r"0 new \(\)$", text[len(before):], re.M), text
+    assert f"building {default} from " in text[len(before):]
+    assert served() == ["0", "True", "False"]   # the next process: from the image again
+    r = status()
+    assert r.returncode == 0 and "current   yes" in r.stdout, r.stdout
+    assert re.search(r"^          [\d-]+ [\d:]+ rebuild done$", r.stdout, re.M), r.stdout
+
+    # one rebuild at a time: another one gives up while the lock is held
+    with open(default + ".refresh.lock") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        mtime = os.stat(default).st_mtime_ns
+        r = rm(["refresh"], cwd, python=python, pythonpath=[src], REFMARSHAL="0")
+        assert r.returncode == 0 and "is running: not started" in r.stdout, r.stderr
+        assert os.stat(default).st_mtime_ns == mtime
+    assert one_line_error(rm(["enable", "--auto-refresh", "-1"], cwd, python=python), 2)
