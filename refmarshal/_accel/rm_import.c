@@ -401,6 +401,14 @@ done:
     return rc;
 }
 
+/* After an error in our own steps: an ordinary exception is dropped (1) and the import goes
+   the stock way, as rule 1 wants; KeyboardInterrupt, SystemExit and the like go on (0). */
+static int stepped_aside(void) {
+    if (!PyErr_ExceptionMatches(PyExc_Exception)) return 0;
+    PyErr_Clear();
+    return 1;
+}
+
 static PyObject *finder_find_spec(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
                                   PyObject *kwnames) {
     static const char *const names[] = {"fullname", "path", "target"};
@@ -433,13 +441,14 @@ static PyObject *finder_find_spec(PyObject *self, PyObject *const *args, Py_ssiz
         goto done;
     }
     int direct = find_directly(h, cap, fullname, a[1], &info, &result);
-    if (direct != 0) goto done;               /* the spec, or an error */
+    if (direct > 0 || (direct < 0 && !stepped_aside())) goto done;
     PyObject *find = PyObject_GetAttrString(p->obj[IO_PATH_FINDER], "find_spec");
     if (!find) goto done;
     spec = PyObject_CallFunctionObjArgs(find, fullname, a[1], a[2], NULL);
     Py_DECREF(find);
-    if (!spec) goto done;
+    if (!spec) goto done;       /* PathFinder's own error: stock raises it too */
     result = spec == Py_None ? Py_NewRef(spec) : serve_from_image(h, cap, fullname, spec, &info);
+    if (!result && stepped_aside()) result = Py_NewRef(spec);
 done:
     Py_XDECREF(spec);
     Py_DECREF(cap);
