@@ -577,6 +577,19 @@ fail:
     return rc;
 }
 
+/* Relocation records are read once, by this load: the pages holding only this module's go back
+   to the kernel (issue 12: they need not stay resident), and are read again if ever needed. */
+static void release_relocations(module_load *m) {
+    rm_image *img = m->img;
+    if (img->mode == RM_MODE_FILE_MAPPING) return;   /* the benchmark's whole-file mapping */
+    uint64_t start = img->rel_off + (uint64_t)m->info.reloc_index * RM_RELOC_BYTES;
+    uint64_t end = start + (uint64_t)m->info.reloc_count * RM_RELOC_BYTES;
+    uint64_t first = (start + PAGE_UNIT - 1) / PAGE_UNIT, last = end / PAGE_UNIT;
+    if (first < last
+        && madvise(img->base + first * PAGE_UNIT, (last - first) * PAGE_UNIT, MADV_DONTNEED) == 0)
+        memset(img->page_ready + first, 0, last - first);
+}
+
 /* Pass 1: every record checked, nothing written yet; fills m->first. */
 static int validate_relocations(module_load *m, char *err, int errlen) {
     int rc = -1;
@@ -715,6 +728,7 @@ PyObject *rm__load(rm_image *img, uint32_t index, char *err, int errlen) {
         goto fail;
     if (Py_TYPE(root) != &PyCode_Type) FAIL("root is not a code object");
     img->state[index] = LOAD_DONE;
+    release_relocations(&m);
     return root;
 fail:
     if (index < img->nmodules && img->state[index] != LOAD_DONE)
