@@ -111,9 +111,11 @@ def child_env(pythonpath=(), **extra):
     return env
 
 
-def run(argv, cwd, *, python=sys.executable, pythonpath=(), env=None, **kw):
-    """A child interpreter that must exit 0 (kw: more subprocess.run arguments)."""
-    r = subprocess.run([python, *argv], cwd=cwd, env=child_env(pythonpath, **(env or {})),
+def run(argv, cwd, *, python=sys.executable, pythonpath=(), env=None, prefix=(), **kw):
+    """A child interpreter that must exit 0 (prefix: a command that runs it, such as setpriv;
+    kw: more subprocess.run arguments)."""
+    r = subprocess.run([*prefix, python, *argv], cwd=cwd,
+                       env=child_env(pythonpath, **(env or {})),
                        capture_output=True, text=True, timeout=300, **kw)
     assert r.returncode == 0, r.stderr
     return r

@@ -10,7 +10,6 @@ image the modules the image holds must really come from it (``own``: their code 
 in the image's memory), so that no case can pass with the hook silently off.
 """
 
-import ctypes
 import json
 import os
 import re
@@ -506,13 +505,9 @@ def test_pycache_prefix(ways, tmp_path, how):
     assert os.path.exists(cached)            # stock wrote it there
 
 
-def _without_dac_override():
-    """Root ignores file modes; a child without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH (out
-    of its bounding set, so also after exec) does not."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    for cap in (1, 2):
-        if libc.prctl(24, cap, 0, 0, 0) != 0:      # PR_CAPBSET_DROP
-            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+# Root ignores file modes; a child without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH (out of
+# its bounding set, so also after exec) does not.  setpriv is util-linux's (Debian: essential).
+WITHOUT_DAC_OVERRIDE = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]
 
 
 READ_ONLY = '''
@@ -539,7 +534,7 @@ def test_read_only_source_dir_and_site_packages(ways, tmp_path):
     modes = {d: os.stat(d).st_mode for d in dirs}
     for d in dirs:
         os.chmod(d, 0o555)
-    kw = {"preexec_fn": _without_dac_override} if os.geteuid() == 0 else {}
+    kw = {"prefix": WITHOUT_DAC_OVERRIDE} if os.geteuid() == 0 else {}
     try:
         out = ways.observe(["-c", READ_ONLY, ways.lib, "mod", "pkg.sub", "pkg.inner.helper"],
                            tmp_path, env={"PYTHONDONTWRITEBYTECODE": ""}, **kw)

@@ -588,12 +588,17 @@ int rm_install_method(void *cls, const char *key) {
 }
 
 /* ---- Capsules ----------------------------------------------------------------------------- */
-static void image_ref_free(PyObject *cap) {
-    image_ref *ir = PyCapsule_GetPointer(cap, IMAGE_CAPSULE);
-    if (!ir) { PyErr_Clear(); return; }
+static void image_ref_free(image_ref *ir) {
+    if (!ir) return;
     Py_XDECREF(ir->path);
     Py_XDECREF(ir->error_type);
     free(ir);
+}
+
+static void image_capsule_free(PyObject *cap) {
+    image_ref *ir = PyCapsule_GetPointer(cap, IMAGE_CAPSULE);
+    if (!ir) PyErr_Clear();
+    image_ref_free(ir);
 }
 
 /* io: a list [path, ImageError]; the capsule is appended to it. */
@@ -606,26 +611,30 @@ int rm_image_capsule(rm_image *img, void *io) {
         ir->img = img;
         ir->path = Py_NewRef(PyList_GET_ITEM(list, 0));
         ir->error_type = Py_NewRef(PyList_GET_ITEM(list, 1));
-        PyObject *cap = PyCapsule_New(ir, IMAGE_CAPSULE, image_ref_free);
+        PyObject *cap = PyCapsule_New(ir, IMAGE_CAPSULE, image_capsule_free);
         if (cap) {
             ir = NULL;        /* the capsule owns it */
             rc = PyList_Append(list, cap);
             Py_DECREF(cap);
         }
     }
-    if (ir) { Py_XDECREF(ir->path); Py_XDECREF(ir->error_type); free(ir); }
+    image_ref_free(ir);
     if (rc < 0) PyErr_Clear();
     PyGILState_Release(g);
     return rc;
 }
 
-static void hook_free(PyObject *cap) {
-    rm_hook *h = PyCapsule_GetPointer(cap, HOOK_CAPSULE);
-    if (!h) { PyErr_Clear(); return; }
-    hook_priv *p = h->priv;
-    for (int i = 0; i < IO_COUNT; i++) Py_XDECREF(p->obj[i]);
+static void hook_free(rm_hook *h, hook_priv *p) {
+    if (p)
+        for (int i = 0; i < IO_COUNT; i++) Py_XDECREF(p->obj[i]);
     free(p);
     free(h);
+}
+
+static void hook_capsule_free(PyObject *cap) {
+    rm_hook *h = PyCapsule_GetPointer(cap, HOOK_CAPSULE);
+    if (h) hook_free(h, h->priv);
+    else PyErr_Clear();
 }
 
 /* io: a list of the IO_COUNT objects above; the hook's capsule (which owns the returned
@@ -644,15 +653,13 @@ rm_hook *rm_hook_new(int checked, void *io) {
     for (int i = 0; i < IO_COUNT; i++) p->obj[i] = Py_NewRef(PyList_GET_ITEM(list, i));
     h->checked = checked;
     h->priv = p;
-    cap = PyCapsule_New(h, HOOK_CAPSULE, hook_free);
+    cap = PyCapsule_New(h, HOOK_CAPSULE, hook_capsule_free);
     if (!cap) goto fail;
     h = NULL; p = NULL;       /* the capsule owns them */
     if (PyList_Append(list, cap) < 0) goto fail;
     result = PyCapsule_GetPointer(cap, HOOK_CAPSULE);
 fail:
-    if (p)
-        for (int i = 0; i < IO_COUNT; i++) Py_XDECREF(p->obj[i]);
-    free(p); free(h);
+    hook_free(h, p);          /* NULLs once the capsule owns them */
     Py_XDECREF(cap);          /* the list keeps it */
     if (!result) PyErr_Clear();
     PyGILState_Release(g);
