@@ -1,8 +1,8 @@
 """The image file around the stored objects (spec sections 2-5), for every implementation.
 
 Both writers hand ``assemble_image`` their encoded strings and segments; the reference reader
-and the CLI read the header, the directory and the relocation records through the functions
-below.  Nothing here knows how an object is encoded (that is ``writer.py``, ``reader.py`` and
+and the CLI read the header, the directory, the lookup table and the modules' blocks through
+the functions below.  Nothing here knows how an object is encoded (that is ``writer.py``, ``reader.py`` and
 the accelerator's C); constants and record layouts come from ``format.py``.  Not on the import
 hook's path (the accelerator's Python side reads its header with ``format.check_header``).
 """
@@ -37,10 +37,9 @@ class StoredString(NamedTuple):
 
 
 class EncodedSegment(NamedTuple):
-    """One module's objects encoded at their file offset ([OBJ-*], [REL-*])."""
+    """One module's objects encoded at their file offset ([OBJ-*], [SEG-*])."""
     data: bytes      # the segment
-    relocs: bytes    # its relocation records, packed, sorted by (kind, slot) ([REL-3])
-    nonptr: int      # how many records, at the start, are not PTR
+    bitmap: bytes    # its tagged-word bitmap ([SEG-2])
     root: int        # offset in the segment of the module's code object
 
 
@@ -68,9 +67,48 @@ def sorted_names(modules):
     return sorted(modules, key=lambda n: n.encode("utf-8"))
 
 
-def pack_relocation(slot, kind):
-    """[REL-1] One relocation record, as an int: (slot word << RELOC_KIND_BITS) | kind."""
-    return (slot << F.RELOC_KIND_BITS) | kind
+def tag_word(value, kind):
+    """[SEG-3] A tagged word: ``value`` (an address for PTR and FROZENSET, else an id or index)
+    with the tag ``kind`` in its low bits."""
+    return value | kind if kind in (F.R_PTR, F.R_FROZENSET) else (value << F.TAG_BITS) | kind
+
+
+def pack_bitmap(seg_size, slots):
+    """[SEG-2] The bitmap of a segment of ``seg_size`` bytes whose tagged words are ``slots``
+    (word indices): bit i of the little-endian bit string is word i."""
+    bits = 0
+    for slot in slots:
+        bits |= 1 << slot
+    return bits.to_bytes(F.bitmap_size(seg_size), "little")
+
+
+def bitmap_slots(bitmap):
+    """The word indices a bitmap marks, ascending."""
+    bits = int.from_bytes(bitmap, "little")
+    out = []
+    while bits:
+        low = bits & -bits
+        out.append(low.bit_length() - 1)
+        bits ^= low
+    return out
+
+
+def lookup_hash(name_bytes):
+    """[LKP-2] where a name's search starts: the CRC-32 of its UTF-8 bytes."""
+    return F.crc32(name_bytes)
+
+
+def lookup_table(names):
+    """[LKP-2] The lookup table's slots for module names in directory order: each entry, in
+    directory order, goes into the first free slot from lookup_hash(name) mod slots on."""
+    n = F.lookup_slots(len(names))
+    slots = [0] * n
+    for i, name in enumerate(names):
+        at = lookup_hash(name.encode("utf-8")) & (n - 1)
+        while slots[at]:
+            at = (at + 1) & (n - 1)
+        slots[at] = i + 1
+    return slots
 
 
 def assemble_image(names, modules, strings, encode_segment, optimize):
@@ -83,16 +121,18 @@ def assemble_image(names, modules, strings, encode_segment, optimize):
     base = F.preferred_base(b"\0".join(
         n.encode("utf-8") + b"\0" + os.fsencode(modules[n].path) for n in names))
 
-    # Metadata: directory, names blob, string index.
+    # Metadata: directory, names blob, lookup table, string index ([SEC-1]).
     blob = bytearray()
     name_refs = []
     for n in names:
         nb, pb = n.encode("utf-8"), os.fsencode(modules[n].path)
         name_refs.append((len(blob), len(nb), len(blob) + len(nb), len(pb)))
         blob += nb + pb
+    lookup = b"".join(F.LOOKUP.pack(v) for v in lookup_table(names))
     dir_off = F.HEADER_SIZE
     names_off = dir_off + F.MODULE_SIZE * len(names)
-    sidx_off = F.align(names_off + len(blob))
+    lookup_off = F.align(names_off + len(blob))
+    sidx_off = lookup_off + len(lookup)
     meta_end = sidx_off + F.STRING_SIZE * len(strings)
 
     sheap_off = F.align(meta_end, F.PAGE)
@@ -107,35 +147,29 @@ def assemble_image(names, modules, strings, encode_segment, optimize):
         sheap += s.data
     mheap_off = F.align(sheap_off + len(sheap), F.PAGE)
 
+    # The module heap: each module's block, its segment then its bitmap ([SEG-1]).
     mheap = bytearray()
-    relocs = bytearray()
     entries = []
-    nrel = 0
     for i, (n, (noff, nlen, poff, plen)) in enumerate(zip(names, name_refs)):
         m = modules[n]
         seg_off = mheap_off + len(mheap)
         seg = encode_segment(i, seg_off, base)
-        count = len(seg.relocs) // F.RELOC_RECORD.size
         fields = dict(flags=F.MOD_PACKAGE if m.is_package else 0, name_offset=noff,
                       name_length=nlen, path_offset=poff, path_length=plen,
                       source_mtime_ns=m.mtime_ns, source_size=m.size, segment_offset=seg_off,
-                      segment_size=len(seg.data), root_offset=seg.root, reloc_index=nrel,
-                      reloc_count=count, reloc_nonptr=seg.nonptr,
-                      data_crc=F.crc32(seg.data, seg.relocs))
+                      segment_size=len(seg.data), root_offset=seg.root,
+                      data_crc=F.crc32(seg.data, seg.bitmap))
         body = F.MODULE_RECORD.pack(entry_crc=0, **fields)
         entry_crc = F.crc32(body[F.MODULE_RECORD.offset("flags"):], blob[noff:noff + nlen],
                             blob[poff:poff + plen])
         entries.append(F.MODULE_RECORD.pack(entry_crc=entry_crc, **fields))
         mheap += seg.data
-        mheap += bytes(F.align(len(mheap)) - len(mheap))
-        relocs += seg.relocs
-        nrel += count
-    reloc_off = F.align(mheap_off + len(mheap))
-    file_size = reloc_off + len(relocs)
+        mheap += seg.bitmap
+    file_size = mheap_off + len(mheap)
 
     sections = [(dir_off, F.MODULE_SIZE * len(names)), (names_off, len(blob)),
-                (sidx_off, len(sindex)), (sheap_off, len(sheap)),
-                (mheap_off, len(mheap)), (reloc_off, len(relocs))]
+                (lookup_off, len(lookup)), (sidx_off, len(sindex)), (sheap_off, len(sheap)),
+                (mheap_off, len(mheap))]
     header = bytearray(F.HEADER_RECORD.pack(
         magic=F.MAGIC, format_major=F.FORMAT_MAJOR, format_minor=F.FORMAT_MINOR,
         header_size=F.HEADER_SIZE, file_size=file_size, preferred_base=base,
@@ -150,10 +184,10 @@ def assemble_image(names, modules, strings, encode_segment, optimize):
     out[0:F.HEADER_SIZE] = header
     out[dir_off:dir_off + len(entries) * F.MODULE_SIZE] = b"".join(entries)
     out[names_off:names_off + len(blob)] = blob
+    out[lookup_off:lookup_off + len(lookup)] = lookup
     out[sidx_off:sidx_off + len(sindex)] = sindex
     out[sheap_off:sheap_off + len(sheap)] = sheap
     out[mheap_off:mheap_off + len(mheap)] = mheap
-    out[reloc_off:reloc_off + len(relocs)] = relocs
     return bytes(out)
 
 
@@ -181,13 +215,15 @@ def read_header(data):
         check(not any(data[prev_end:off]), f"padding before section {name} is not zero")
         prev_end = off + size
     check(prev_end == fsize, "data after the last section")
-    check(sections[F.SEC_RELOCATIONS][1] % F.RELOC_RECORD.size == 0,
-          "relocation section size is not a multiple of 4")
+    for i in (F.SEC_STRING_HEAP, F.SEC_MODULE_HEAP):
+        check(sections[i][1] % F.ALIGN == 0, f"section {F.SECTION_NAMES[i]}: size not a multiple "
+              f"of {F.ALIGN}")
     return fields
 
 
 def read_entry(mem, sections, i):
-    """Directory entry i, its checksum and reserved fields checked ([DIR-1])."""
+    """Directory entry i, its checksum and reserved fields checked ([DIR-1]): (the
+    ``ModuleEntry``, the offsets of its name and of its path in the names section)."""
     doff = sections[F.SEC_DIRECTORY][0]
     noff, nsize = sections[F.SEC_NAMES]
     raw = bytes(mem[doff + i * F.MODULE_SIZE:doff + (i + 1) * F.MODULE_SIZE])
@@ -208,64 +244,69 @@ def read_entry(mem, sections, i):
         name=name_b.decode("utf-8"), path=os.fsdecode(path_b), mtime_ns=e["source_mtime_ns"],
         size=e["source_size"], is_package=bool(e["flags"] & F.MOD_PACKAGE),
         seg_off=e["segment_offset"], seg_size=e["segment_size"], root=e["root_offset"],
-        reloc_index=e["reloc_index"], reloc_count=e["reloc_count"],
-        reloc_nonptr=e["reloc_nonptr"], data_crc=e["data_crc"])
+        data_crc=e["data_crc"]), n_off, p_off
 
 
 def read_directory(mem, header):
     """Every directory entry, each checked ([DIR-1]) and all together: names unique and sorted
-    ([DIR-2]), segments and relocation records back to back and owning their sections."""
+    ([DIR-2]), blocks back to back owning the module heap ([DIR-4]), packages named so
+    ([DIR-5]), and the lookup table exactly as [LKP-2] builds it."""
     sections = header["sections"]
     moff, msize = sections[F.SEC_MODULE_HEAP]
-    rsize = sections[F.SEC_RELOCATIONS][1]
     entries, prev = [], None
-    next_reloc, next_seg = 0, moff
+    next_block, next_name = moff, 0
     for i in range(header["modules"]):
-        e = read_entry(mem, sections, i)
+        e, n_off, p_off = read_entry(mem, sections, i)
         name_b = e.name.encode("utf-8")
         where = f"directory entry {i}"
         check(e.name and (prev is None or name_b > prev),
               f"{where}: names are not unique and sorted")
         prev = name_b
-        check(e.seg_off % F.ALIGN == 0 and moff <= e.seg_off
-              and e.seg_off + e.seg_size <= moff + msize,
+        check(n_off == next_name and p_off == n_off + len(name_b),
+              f"{where}: name and path are not next in the names section ([NAM-1])")
+        next_name = p_off + len(os.fsencode(e.path))
+        check(e.seg_off == next_block, f"{where}: block does not follow the previous one")
+        check(e.seg_size % F.ALIGN == 0 and e.seg_off + e.block_size <= moff + msize,
               f"{where}: segment outside the module heap")
         check(e.root % F.ALIGN == 0 and e.root < e.seg_size,
               f"{where}: root outside its segment")
-        check(e.reloc_nonptr <= e.reloc_count and e.reloc_index == next_reloc,
-              f"{where}: relocation records do not follow the previous module's")
-        check(e.seg_off == next_seg, f"{where}: segment does not follow the previous one")
-        next_reloc, next_seg = e.reloc_index + e.reloc_count, e.seg_off + e.seg_size
+        stem = os.path.basename(e.path).partition(".")[0]
+        check(e.is_package == (stem == "__init__"), f"{where}: package flag does not match "
+              "the source file's name")
+        next_block = e.seg_off + e.block_size
         entries.append(e)
-    check(next_reloc * F.RELOC_RECORD.size == rsize, "relocation records not owned by a module")
-    check(next_seg == moff + msize, "module heap bytes not owned by a module")
+    check(next_block == moff + msize, "module heap bytes not owned by a module")
+    check(next_name == sections[F.SEC_NAMES][1], "names section bytes not owned by a module")
+    loff, lsize = sections[F.SEC_LOOKUP]
+    want = b"".join(F.LOOKUP.pack(v) for v in lookup_table([e.name for e in entries]))
+    check(bytes(mem[loff:loff + lsize]) == want, "lookup table is not the one the directory "
+          "gives")
     return entries
 
 
-def segment_bytes(mem, sections, entry):
-    """A module's segment and its relocation records as bytes, their checksum checked
-    ([DIR-3])."""
+def block_bytes(mem, entry):
+    """A module's segment and its bitmap as bytes, their checksum checked ([DIR-3])."""
     seg = bytes(mem[entry.seg_off:entry.seg_off + entry.seg_size])
-    r0 = sections[F.SEC_RELOCATIONS][0] + entry.reloc_index * F.RELOC_RECORD.size
-    rbytes = bytes(mem[r0:r0 + entry.reloc_count * F.RELOC_RECORD.size])
-    check(F.crc32(seg, rbytes) == entry.data_crc, "segment checksum mismatch")
-    return seg, rbytes
+    end = entry.seg_off + entry.block_size
+    bitmap = bytes(mem[entry.seg_off + entry.seg_size:end])
+    check(F.crc32(seg, bitmap) == entry.data_crc, "segment checksum mismatch")
+    return seg, bitmap
 
 
-def read_relocations(rbytes, entry):
-    """A module's relocation records as {slot word: kind}, checked ([REL-1..3]): known kinds,
-    slots inside the segment, sorted by (kind, slot) and unique, the non-PTR count right."""
-    relocs = {}
-    prev = None
-    for i, (rec,) in enumerate(F.RELOC.iter_unpack(rbytes)):
-        slot, kind = rec >> F.RELOC_KIND_BITS, rec & F.RELOC_KIND_MASK
-        check(kind <= F.R_PTR, f"relocation {i}: unknown kind {kind}")
-        check(slot * 8 + 8 <= entry.seg_size, f"relocation {i}: slot outside the segment")
-        check(prev is None or (kind, slot) > prev, "relocations are not sorted and unique")
-        check((kind != F.R_PTR) == (i < entry.reloc_nonptr), "non-pointer count is wrong")
-        prev = (kind, slot)
-        relocs[slot] = kind
-    return relocs
+def read_tagged_words(seg, bitmap):
+    """A module's tagged words as {slot word: (kind, value)} ([SEG-2], [SEG-3]): no bit beyond
+    the segment, known tags; ``value`` is the address for PTR and FROZENSET, else the id or
+    index."""
+    words = {}
+    nwords = len(seg) // 8
+    for slot in bitmap_slots(bitmap):
+        check(slot < nwords, f"bitmap bit {slot} is beyond the segment")
+        w = int.from_bytes(seg[slot * 8:slot * 8 + 8], "little")
+        kind = w & F.TAG_MASK
+        check(kind < F.R_KINDS, f"word {slot}: unknown tag {kind}")
+        words[slot] = (kind, w & ~F.TAG_MASK if kind in (F.R_PTR, F.R_FROZENSET)
+                       else w >> F.TAG_BITS)
+    return words
 
 
 # ---------------------------------------------------------------------------------------
@@ -292,27 +333,27 @@ def check_file(path):
 
 class Directory(NamedTuple):
     """What ``directory`` reads of an image: its checked header fields, its directory entries
-    (each checked, [DIR-1]) and how many relocation records of each kind it holds."""
+    (each checked, [DIR-1]) and how many tagged words its modules hold."""
     header: dict
     entries: list
-    reloc_counts: list       # indexed by relocation kind (format.R_*)
+    tagged_words: int
 
 
 def directory(path):
     """The ``Directory`` of this interpreter's image at ``path``, read without loading any
-    module (the file is mapped, so only the pages read are touched).  ImageError, OSError."""
+    module (the file is mapped, so only the pages read are touched: the bitmaps, not the
+    segments).  ImageError, OSError."""
     with open(path, "rb") as fh:
         mem = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
     try:
         header = F.check_header(mem[:F.HEADER_SIZE], len(mem))
         sections = header["sections"]
-        entries = [read_entry(mem, sections, i) for i in range(header["modules"])]
-        roff, rsize = sections[F.SEC_RELOCATIONS]
-        counts = [0] * F.R_KINDS
-        for rec in memoryview(mem[roff:roff + rsize]).cast("I"):
-            kind = rec & F.RELOC_KIND_MASK
-            if kind < F.R_KINDS:
-                counts[kind] += 1
+        entries = [read_entry(mem, sections, i)[0] for i in range(header["modules"])]
+        tagged = 0
+        for e in entries:
+            start = e.seg_off + e.seg_size
+            if start + (e.block_size - e.seg_size) <= len(mem):
+                tagged += int.from_bytes(mem[start:e.seg_off + e.block_size], "little").bit_count()
     finally:
         mem.close()
-    return Directory(header, entries, counts)
+    return Directory(header, entries, tagged)

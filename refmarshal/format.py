@@ -16,7 +16,7 @@ import sys
 from .errors import ImageError
 
 MAGIC = b"\x89RMI\r\n\x1a\n"     # [HDR-1]
-FORMAT_MAJOR = 1                 # [HDR-2] a reader rejects any other major version
+FORMAT_MAJOR = 2                 # [HDR-2] a reader rejects any other major version
 FORMAT_MINOR = 0                 # [HDR-2] a reader accepts any minor version
 PAGE = 4096                      # [SEC-3] heaps start on this boundary
 ALIGN = 8                        # [OBJ-1] every object (or its GC header) starts 8-aligned
@@ -81,10 +81,10 @@ class Record:
 
 _CODE_BYTES = {"B": 1, "H": 2, "I": 4, "Q": 8, "q": 8}
 
-SECTION_NAMES = ("directory", "names", "string_index", "string_heap", "module_heap", "relocations")
+SECTION_NAMES = ("directory", "names", "lookup", "string_index", "string_heap", "module_heap")
 SECTION_COUNT = len(SECTION_NAMES)
 # Indices into the section table ([SEC-1]).
-SEC_DIRECTORY, SEC_NAMES, SEC_STRING_INDEX, SEC_STRING_HEAP, SEC_MODULE_HEAP, SEC_RELOCATIONS = \
+SEC_DIRECTORY, SEC_NAMES, SEC_LOOKUP, SEC_STRING_INDEX, SEC_STRING_HEAP, SEC_MODULE_HEAP = \
     range(SECTION_COUNT)
 
 SECTION_RECORD = Record("SECT", "an entry of the section table (spec 2.3)", (
@@ -101,20 +101,21 @@ HEADER_RECORD = Record("HDR", "the header (spec 2.1)", (
 MODULE_RECORD = Record("DIR", "a module directory entry (spec 3.1)", (
     ("entry_crc", "I"), ("flags", "I"), ("name_offset", "I"), ("name_length", "I"),
     ("path_offset", "I"), ("path_length", "I"), ("source_mtime_ns", "q"), ("source_size", "Q"),
-    ("segment_offset", "Q"), ("segment_size", "I"), ("root_offset", "I"), ("reloc_index", "I"),
-    ("reloc_count", "I"), ("reloc_nonptr", "I"), ("data_crc", "I"), ("reserved", "8x")))
+    ("segment_offset", "Q"), ("segment_size", "I"), ("root_offset", "I"), ("data_crc", "I"),
+    ("reserved", "4x")))
 STRING_RECORD = Record("STRIDX", "a string index entry (spec 4.1)", (
     ("offset", "I"), ("size", "I"), ("flags", "I"), ("crc", "I")))
-RELOC_RECORD = Record("RELOC", "a relocation record: (slot << RELOC_KIND_BITS) | kind (spec 5.3)", (
-    ("record", "I"),))
-RELOC_KIND_BITS = 3
-RELOC_KIND_MASK = (1 << RELOC_KIND_BITS) - 1
+LOOKUP_RECORD = Record("LOOKUP", "a lookup table slot: directory index + 1, 0 when empty "
+                       "(spec 3.3)", (("slot", "I"),))
+# A tagged word (spec 5.3): its low TAG_BITS bits say how the loader resolves it.
+TAG_BITS = 3
+TAG_MASK = (1 << TAG_BITS) - 1
 
 RECORDS = (HEADER_RECORD, SECTION_RECORD, FINGERPRINT_RECORD, MODULE_RECORD, STRING_RECORD,
-           RELOC_RECORD)
+           LOOKUP_RECORD)
 
 HEADER_SIZE = HEADER_RECORD.size                               # [HDR-3] 256
-MODULE_SIZE = MODULE_RECORD.size                               # [SEC-2] 80 bytes an entry
+MODULE_SIZE = MODULE_RECORD.size                               # [SEC-2] 64 bytes an entry
 STRING_SIZE = STRING_RECORD.size                               # [SEC-2] 16 bytes an entry
 FINGERPRINT_OFFSET = HEADER_RECORD.offset("fingerprint")       # [HDR-7] spec 2.2
 FINGERPRINT_SIZE = FINGERPRINT_RECORD.size
@@ -123,7 +124,7 @@ SECTION_TABLE_OFFSET = HEADER_RECORD.offset("sections")        # [SEC-1]
 # The records as ``struct.Struct`` objects (``HEADER`` etc.), made on first use by the module
 # __getattr__ below: ``struct`` is not imported on the import hook's path.
 _STRUCTS = {"HEADER": HEADER_RECORD, "SECTION": SECTION_RECORD, "FINGERPRINT": FINGERPRINT_RECORD,
-            "MODULE": MODULE_RECORD, "STRING": STRING_RECORD, "RELOC": RELOC_RECORD}
+            "MODULE": MODULE_RECORD, "STRING": STRING_RECORD, "LOOKUP": LOOKUP_RECORD}
 
 
 def __getattr__(name):
@@ -140,10 +141,24 @@ FLAG_OPTIMIZE_MASK = 0x3         # bits 0-1: the optimization level the code was
 MOD_PACKAGE = 0x1                # directory entry flags (spec 3.1)
 STR_INTERNED = 0x1               # string index entry flags (spec 4.1)
 
-# Relocation kinds: spec 5.3.
-RELOC_KIND_NAMES = ("TYPE", "CONST", "STR", "FROZENSET", "PTR")
-R_TYPE, R_CONST, R_STR, R_FROZENSET, R_PTR = range(len(RELOC_KIND_NAMES))
+# Tags of tagged words: spec 5.3.  PTR is 0, so a pointer word holds the plain address.
+RELOC_KIND_NAMES = ("PTR", "TYPE", "CONST", "STR", "FROZENSET")
+R_PTR, R_TYPE, R_CONST, R_STR, R_FROZENSET = range(len(RELOC_KIND_NAMES))
 R_KINDS = len(RELOC_KIND_NAMES)
+BITMAP_COVER = 64 * ALIGN        # [SEG-2] segment bytes one 8-byte bitmap word covers
+
+
+def bitmap_size(segment_size):
+    """[SEG-2] bytes of the bitmap that follows a segment of ``segment_size`` bytes."""
+    return (segment_size + BITMAP_COVER - 1) // BITMAP_COVER * ALIGN
+
+
+def lookup_slots(module_count):
+    """[LKP-1] slots of the lookup table: the smallest power of two >= 2 * module_count."""
+    n = 1
+    while n < 2 * module_count:
+        n *= 2
+    return n
 
 # Type codes written in ob_type: spec 5.2.
 T_STR, T_BYTES, T_TUPLE, T_INT, T_FLOAT, T_COMPLEX, T_CODE = range(1, 8)
@@ -293,6 +308,8 @@ def check_header(hdr, file_size, crc=crc32):
         raise ImageError("directory size does not match module count")
     if sections[SEC_STRING_INDEX][1] != h["string_count"] * STRING_SIZE:
         raise ImageError("string index size does not match string count")
+    if sections[SEC_LOOKUP][1] != lookup_slots(h["module_count"]) * LOOKUP_RECORD.size:
+        raise ImageError("lookup table size does not match module count")
     h.update(base=base, modules=h["module_count"], strings=h["string_count"],
              optimize=flags & FLAG_OPTIMIZE_MASK)
     return h
@@ -301,12 +318,16 @@ def check_header(hdr, file_size, crc=crc32):
 class ModuleEntry:
     """One directory entry ([DIR-1]), as both readers return it."""
     __slots__ = ("name", "path", "mtime_ns", "size", "is_package", "seg_off", "seg_size",
-                 "root", "reloc_index", "reloc_count", "reloc_nonptr", "data_crc")
+                 "root", "data_crc")
 
     def __init__(self, name, path, mtime_ns, size, is_package, seg_off, seg_size, root,
-                 reloc_index, reloc_count, reloc_nonptr, data_crc):
+                 data_crc):
         # plain assignments: the importer builds one of these for every module it serves
         self.name, self.path, self.mtime_ns, self.size = name, path, mtime_ns, size
         self.is_package, self.seg_off, self.seg_size, self.root = is_package, seg_off, seg_size, root
-        self.reloc_index, self.reloc_count = reloc_index, reloc_count
-        self.reloc_nonptr, self.data_crc = reloc_nonptr, data_crc
+        self.data_crc = data_crc
+
+    @property
+    def block_size(self):
+        """Bytes of the module's block: its segment and the bitmap after it ([SEG-1])."""
+        return self.seg_size + bitmap_size(self.seg_size)

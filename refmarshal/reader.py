@@ -12,8 +12,8 @@ import struct
 
 from . import format as F
 from .bytecode import deoptimize
-from .container import check as _check, read_directory, read_header, read_relocations, \
-    segment_bytes
+from .container import block_bytes, check as _check, read_directory, read_header, \
+    read_tagged_words
 from .errors import ImageError
 from .graph import Code, FrozenSet, Str, emit_marshal, walk_code, walk_nodes
 from .layouts import current
@@ -79,7 +79,7 @@ class ReferenceImage:
         if index in self._strings:
             return self._strings[index]
         _check(index < self.header["strings"], f"string index {index} out of range")
-        data, L = self._data, self.layout
+        data = self._data
         ioff = self.sections[F.SEC_STRING_INDEX][0] + index * F.STRING_SIZE
         e = F.STRING_RECORD.read_all(data, ioff)
         off, size, flags, crc = e["offset"], e["size"], e["flags"], e["crc"]
@@ -87,32 +87,54 @@ class ReferenceImage:
         where = f"string {index}"
         _check(off % F.ALIGN == 0 and size % F.ALIGN == 0 and off + size <= hsize,
                f"{where}: outside the string heap")
-        _check(flags & ~F.STR_INTERNED == 0, f"{where}: reserved flags set")
+        _check(flags == F.STR_INTERNED, f"{where}: flags are not exactly the interned flag")
         raw = data[hoff + off:hoff + off + size]
         crc_at = F.STRING_RECORD.offset("crc")
         _check(F.crc32(data[ioff:ioff + crc_at], raw) == crc, f"{where}: checksum mismatch")
-        _check(size >= L.str_ascii_header + F.ALIGN, f"{where}: too small")
-        refcnt, tcode, length, h, state = struct.unpack_from(STR_HEAD_FORMAT, raw, 0)
-        _check(refcnt == L.refcnt and tcode == F.T_STR and h == -1, f"{where}: bad header")
-        kind, compact, ascii = (state >> 2) & 7, (state >> 5) & 1, (state >> 6) & 1
-        bit7 = 1 if L.str_state_bit7 == "ready" else 0
-        _check(state & 3 == 0 and compact == 1 and kind in (1, 2, 4)
-               and (state >> 7) == bit7, f"{where}: bad state {state:#x}")
-        header = L.str_ascii_header if ascii else L.str_compact_header
-        _check(raw[36:header] == bytes(header - 36), f"{where}: reset fields are not zero")
-        _check(0 < length and F.align(header + (length + 1) * kind) == size,
-               f"{where}: length {length} does not match size {size}")
-        body = raw[header:header + length * kind]
-        # code units one by one: a UTF-16 decoder would merge adjacent lone surrogates
-        value = "".join(map(chr, struct.unpack(f"<{length}{' BHxI'[kind]}", body)))
-        _check(str_kind(value) == (kind, bool(ascii)), f"{where}: kind does not fit its characters")
-        _check(raw[header + length * kind:] == bytes(size - header - length * kind),
-               f"{where}: terminator or padding not zero")
-        _check(F.singleton_id(value) is None or (flags & F.STR_INTERNED and len(value) == 1),
+        _check(size >= 16 and struct.unpack_from("<Q", raw, 8)[0] == F.T_STR,
+               f"{where}: ob_type is not the str type code")
+        value = decode_str(self.layout, raw, where)
+        _check(size == len(raw) and str_size(self.layout, raw) == size,
+               f"{where}: size {size} is not the object's")
+        _check(F.singleton_id(value) is None or len(value) == 1,
                f"{where}: a singleton stored as a string")          # [OBJ-5]
-        s = Str(value, flags & F.STR_INTERNED)
+        s = Str(value, True)
         self._strings[index] = s
         return s
+
+
+def str_size(L, raw):
+    """The bytes a str object at the start of ``raw`` occupies with its padding (6.3), from
+    its header; 0 when the header is too short to say."""
+    if len(raw) < 36:
+        return 0
+    length, state = struct.unpack_from("<q", raw, 16)[0], struct.unpack_from("<I", raw, 32)[0]
+    kind, ascii = (state >> 2) & 7, (state >> 6) & 1
+    header = L.str_ascii_header if ascii else L.str_compact_header
+    return F.align(header + (length + 1) * kind) if length > 0 and kind in (1, 2, 4) else 0
+
+
+def decode_str(L, raw, where):
+    """The value of the str object whose bytes (with their padding) are ``raw``, every field
+    but ``ob_type`` checked (spec 6.3)."""
+    _check(len(raw) >= L.str_ascii_header + F.ALIGN, f"{where}: too small")
+    refcnt, _, length, h, state = struct.unpack_from(STR_HEAD_FORMAT, raw, 0)
+    _check(refcnt == L.refcnt and h == -1, f"{where}: bad header")
+    kind, compact, ascii = (state >> 2) & 7, (state >> 5) & 1, (state >> 6) & 1
+    bit7 = 1 if L.str_state_bit7 == "ready" else 0
+    _check(state & 3 == 0 and compact == 1 and kind in (1, 2, 4)
+           and (state >> 7) == bit7, f"{where}: bad state {state:#x}")
+    header = L.str_ascii_header if ascii else L.str_compact_header
+    _check(raw[36:header] == bytes(header - 36), f"{where}: reset fields are not zero")
+    _check(0 < length and F.align(header + (length + 1) * kind) == len(raw),
+           f"{where}: length {length} does not match size {len(raw)}")
+    body = raw[header:header + length * kind]
+    # code units one by one: a UTF-16 decoder would merge adjacent lone surrogates
+    value = "".join(map(chr, struct.unpack(f"<{length}{' BHxI'[kind]}", body)))
+    _check(str_kind(value) == (kind, bool(ascii)), f"{where}: kind does not fit its characters")
+    _check(raw[header + length * kind:] == bytes(len(raw) - header - length * kind),
+           f"{where}: terminator or padding not zero")
+    return value
 
 
 class _ModuleParser:
@@ -120,8 +142,9 @@ class _ModuleParser:
 
     def __init__(self, image, entry):
         self.img, self.e, self.L = image, entry, image.layout
-        self.seg, rbytes = segment_bytes(image._data, image.sections, entry)
-        self.relocs = read_relocations(rbytes, entry)      # slot word -> kind
+        _check(entry.seg_off + entry.block_size <= len(image._data), "block outside the file")
+        self.seg, bitmap = block_bytes(image._data, entry)
+        self.words = read_tagged_words(self.seg, bitmap)   # slot word -> (kind, value)
         self.used = set()
         self.memo = {}
         self.base = image.header["base"]
@@ -129,24 +152,21 @@ class _ModuleParser:
     def parse(self):
         root = self.obj(self.e.root, depth=0)
         _check(type(root) is Code, "root object is not a code object")
-        _check(len(self.used) == len(self.relocs), "relocation records that no object uses")
+        _check(len(self.used) == len(self.words), "tagged words that no object uses ([SEG-3])")
         return root
 
-    def word(self, off):
-        return struct.unpack_from("<Q", self.seg, off)[0]
-
-    def reloc(self, off, kinds):
+    def tagged(self, off, kinds):
+        """(kind, value) of the tagged word at ``off``, which must be one of ``kinds``."""
         _check(off % 8 == 0, f"unaligned slot at {off}")
-        kind = self.relocs.get(off // 8)
-        _check(kind in kinds, f"slot at {off}: expected {'/'.join(F.RELOC_KIND_NAMES[k] for k in kinds)}"
-               f" relocation, found {F.RELOC_KIND_NAMES[kind] if kind is not None else 'none'}")
+        kind, value = self.words.get(off // 8, (None, None))
+        _check(kind in kinds, f"slot at {off}: expected a {'/'.join(F.RELOC_KIND_NAMES[k] for k in kinds)}"
+               f" word, found {F.RELOC_KIND_NAMES[kind] if kind is not None else 'an untagged one'}")
         self.used.add(off // 8)
-        return kind
+        return kind, value
 
     def ref(self, off, depth):
         """The node a pointer slot refers to."""
-        kind = self.reloc(off, (F.R_CONST, F.R_STR, F.R_PTR, F.R_FROZENSET))
-        value = self.word(off)
+        kind, value = self.tagged(off, (F.R_CONST, F.R_STR, F.R_PTR, F.R_FROZENSET))
         if kind == F.R_CONST:
             try:
                 return _const_node(F.singleton(value))
@@ -172,10 +192,10 @@ class _ModuleParser:
         _check(depth < 2000, "objects nested too deeply")
         _check(off % F.ALIGN == 0 and off + 16 <= len(self.seg), f"object at {off} out of bounds")
         self.memo[off] = None                                   # in progress: catches cycles
-        self.reloc(off + 8, (F.R_TYPE,))
-        refcnt, tcode = struct.unpack_from("<qQ", self.seg, off)
+        _, tcode = self.tagged(off + 8, (F.R_TYPE,))
+        refcnt = struct.unpack_from("<q", self.seg, off)[0]
         _check(refcnt == self.L.refcnt, f"object at {off}: refcount {refcnt} is not {self.L.refcnt}")
-        parse = {F.T_TUPLE: self.parse_tuple, F.T_BYTES: self.parse_bytes,
+        parse = {F.T_STR: self.parse_str, F.T_TUPLE: self.parse_tuple, F.T_BYTES: self.parse_bytes,
                  F.T_INT: self.parse_int, F.T_FLOAT: self.parse_float,
                  F.T_COMPLEX: self.parse_complex, F.T_CODE: self.parse_code}.get(tcode)
         _check(parse is not None, f"object at {off}: type code {tcode} is not stored in a segment")
@@ -185,6 +205,15 @@ class _ModuleParser:
 
     def need(self, off, size, what):
         _check(off + size <= len(self.seg), f"{what} at {off} runs past its segment")
+
+    def parse_str(self, off, depth):
+        """[SEG-4] a string of this segment: never interned, never a singleton."""
+        size = str_size(self.L, self.seg[off:off + 40])
+        _check(size > 0, f"str at {off}: bad length or kind")
+        self.need(off, size, "str")
+        value = decode_str(self.L, self.seg[off:off + size], f"str at {off}")
+        _check(F.singleton_id(value) is None, f"str at {off}: a singleton stored as an object")
+        return Str(value, False)
 
     def parse_tuple(self, off, depth):
         _check(off >= self.L.gc_head and self.seg[off - 16:off] == bytes(16),

@@ -10,8 +10,8 @@ import marshal
 import struct
 
 from . import format as F
-from .container import EncodedSegment, StoredString, assemble_image, pack_relocation, \
-    sorted_names, string_order
+from .container import EncodedSegment, StoredString, assemble_image, pack_bitmap, \
+    sorted_names, string_order, tag_word
 from .errors import ImageError
 from .graph import Code, FrozenSet, Str, parse_marshal, walk_code, walk_nodes
 from .objects import STR_HEAD_FORMAT, derived_code_fields, int_digits, reset_value, str_kind
@@ -50,7 +50,7 @@ def _plain(v):
 # Native encodings of each stored kind (spec section 6).
 
 def encode_str(layout, value):
-    """The native bytes of a str object (spec 6.3); its ob_type holds T_STR."""
+    """The native bytes of a str object (spec 6.3); its ob_type holds T_STR, untagged."""
     kind, ascii = str_kind(value)
     header = layout.str_ascii_header if ascii else layout.str_compact_header
     data = value.encode({1: "latin-1", 2: "utf-16-le", 4: "utf-32-le"}[kind],
@@ -67,7 +67,7 @@ class _Segment:
 
     def __init__(self, layout, strings):
         self.layout = layout
-        self.strings = strings       # Str.key() -> string index, filled in later
+        self.strings = strings       # interned Str.key() -> string index, filled in later
         self.placed = {}             # id(node) -> offset of the PyObject in the segment
         self.order = []              # (node, offset of the PyObject), in placement order
         self.size = 0
@@ -75,9 +75,10 @@ class _Segment:
 
     # -- placement: pre-order, depth first, children in field order ([OBJ-2]) --
     def place(self, v):
-        if type(v) is Str or _const_id(v) is not None:
-            if type(v) is Str and _const_id(v) is None:
-                self.strings.setdefault(v.key(), None)
+        if _const_id(v) is not None:
+            return
+        if type(v) is Str and v.interned:            # [STR-3] the string table
+            self.strings.setdefault(v.key(), None)
             return
         if type(v) is FrozenSet:
             v = self.frozen_tuple(v)
@@ -110,6 +111,10 @@ class _Segment:
     def _size(self, v):
         """(bytes from the allocation start to the end of the object, bytes before the PyObject)."""
         L, t = self.layout, type(v)
+        if t is Str:
+            kind, ascii = str_kind(v.value)
+            header = L.str_ascii_header if ascii else L.str_compact_header
+            return header + (len(v.value) + 1) * kind, 0
         if t is tuple:
             return L.gc_head + 24 + 8 * len(v), L.gc_head
         if t is bytes:
@@ -125,45 +130,51 @@ class _Segment:
         raise ImageError(f"cannot store object of type {t.__name__}")
 
     def encode(self, seg_addr):
-        """The segment's bytes and its relocation records, sorted as [REL-3] says, as (slot
-        word, kind) pairs; ``seg_addr``: the segment's address at the preferred base."""
+        """The segment's bytes and its bitmap ([SEG-2]); ``seg_addr``: the segment's address
+        at the preferred base."""
         enc = _Encoder(self, seg_addr)
         for v, off in self.order:
             enc.encode(v, off)
-        enc.relocs.sort(key=lambda r: (r[1], r[0]))          # [REL-3]: by kind, then slot
-        return bytes(enc.buf), enc.relocs
+        return bytes(enc.buf), pack_bitmap(len(enc.buf), enc.tagged)
 
 
 class _Encoder:
-    """Encoding one placed segment: its buffer, the relocation records made so far, and the
+    """Encoding one placed segment: its buffer, the tagged words written so far, and the
     address its objects have at the image's preferred base ([OBJ-3])."""
 
     def __init__(self, segment, seg_addr):
         self.seg, self.layout, self.seg_addr = segment, segment.layout, seg_addr
         self.buf = bytearray(segment.size)
-        self.relocs = []             # (slot word, kind)
+        self.tagged = []             # slot words that hold tagged words
+
+    def tag(self, slot, value, kind):
+        struct.pack_into("<Q", self.buf, slot, tag_word(value, kind))
+        self.tagged.append(slot // 8)
 
     def ref(self, v, slot):
-        """Write the value of a pointer slot and record how the loader resolves it."""
+        """Write a pointer slot as the tagged word that tells the loader what it points to."""
         cid = _const_id(v)
         if cid is not None:
-            value, kind = cid, F.R_CONST
-        elif type(v) is Str:
-            value, kind = self.seg.strings[v.key()], F.R_STR
+            self.tag(slot, cid, F.R_CONST)
+        elif type(v) is Str and v.interned:
+            self.tag(slot, self.seg.strings[v.key()], F.R_STR)
         elif type(v) is FrozenSet:
-            value, kind = self.seg_addr + self.seg.placed[id(self.seg.frozen_tuple(v))], F.R_FROZENSET
+            self.tag(slot, self.seg_addr + self.seg.placed[id(self.seg.frozen_tuple(v))],
+                     F.R_FROZENSET)
         else:
-            value, kind = self.seg_addr + self.seg.placed[id(v)], F.R_PTR
-        struct.pack_into("<Q", self.buf, slot, value)
-        self.relocs.append((slot // 8, kind))
+            self.tag(slot, self.seg_addr + self.seg.placed[id(v)], F.R_PTR)
 
     def head(self, off, tcode):
-        struct.pack_into("<qQ", self.buf, off, self.layout.refcnt, tcode)
-        self.relocs.append(((off + 8) // 8, F.R_TYPE))
+        struct.pack_into("<q", self.buf, off, self.layout.refcnt)
+        self.tag(off + 8, tcode, F.R_TYPE)
 
     def encode(self, v, off):
         L, t, buf = self.layout, type(v), self.buf
-        if t is tuple:
+        if t is Str:                        # [SEG-4] a string only this segment refers to
+            data = encode_str(L, v.value)
+            buf[off:off + len(data)] = data
+            self.head(off, F.T_STR)
+        elif t is tuple:
             self.head(off, F.T_TUPLE)       # GC header stays zero: untracked
             struct.pack_into("<q", buf, off + 16, len(v))
             for i, item in enumerate(v):
@@ -237,10 +248,8 @@ def encode_image(layout, modules, optimize):
 
     def encode_segment(i, seg_off, base):
         seg = segments[i]
-        data, recs = seg.encode(base + seg_off)
-        rbytes = b"".join(F.RELOC.pack(pack_relocation(slot, kind)) for slot, kind in recs)
-        nonptr = sum(1 for _, kind in recs if kind != F.R_PTR)
-        return EncodedSegment(data, rbytes, nonptr, seg.placed[id(modules[names[i]].code)])
+        data, bitmap = seg.encode(base + seg_off)
+        return EncodedSegment(data, bitmap, seg.placed[id(modules[names[i]].code)])
 
     strings = [StoredString(interned, encode_str(layout, value)) for value, interned in keys]
     return assemble_image(names, modules, strings, encode_segment, optimize)

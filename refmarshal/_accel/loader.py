@@ -118,8 +118,7 @@ class AccelImage:
             ffi.unpack(info.name, info.name_len).decode("utf-8"),
             os.fsdecode(ffi.unpack(info.path, info.path_len)),
             info.mtime_ns, info.size, bool(info.flags & F.MOD_PACKAGE), info.seg_off,
-            info.seg_size, info.root, info.reloc_index, info.reloc_count, info.reloc_nonptr,
-            info.data_crc)
+            info.seg_size, info.root, info.data_crc)
 
     def _find(self, name):
         key = name.encode("utf-8")

@@ -9,12 +9,12 @@
 #define RM_MAGIC_LEN 8
 
 /* format version ([HDR-2]) */
-#define FORMAT_MAJOR 1
+#define FORMAT_MAJOR 2
 #define FORMAT_MINOR 0
 
 /* record sizes ([HDR-3], [SEC-2]) and where the header's parts are */
 #define HEADER_SIZE 256
-#define MODULE_SIZE 80
+#define MODULE_SIZE 64
 #define STRING_SIZE 16
 #define SECTION_TABLE_OFFSET 48
 #define FINGERPRINT_OFFSET 144
@@ -28,25 +28,26 @@
 #define SECTION_COUNT 6
 #define SEC_DIRECTORY 0
 #define SEC_NAMES 1
-#define SEC_STRING_INDEX 2
-#define SEC_STRING_HEAP 3
-#define SEC_MODULE_HEAP 4
-#define SEC_RELOCATIONS 5
+#define SEC_LOOKUP 2
+#define SEC_STRING_INDEX 3
+#define SEC_STRING_HEAP 4
+#define SEC_MODULE_HEAP 5
 
 /* flags: header ([HDR-9]), directory entry (3.1), string index entry (4.1) */
 #define FLAG_OPTIMIZE_MASK 3
 #define MOD_PACKAGE 1
 #define STR_INTERNED 1
 
-/* relocation records: (slot << RELOC_KIND_BITS) | kind (5.3) */
-#define RELOC_KIND_BITS 3
-#define RELOC_KIND_MASK 7
-#define R_TYPE 0
-#define R_CONST 1
-#define R_STR 2
-#define R_FROZENSET 3
-#define R_PTR 4
+/* tagged words: the tag in the low TAG_BITS bits (5.3); the bitmap marking them (5.1) */
+#define TAG_BITS 3
+#define TAG_MASK 7
+#define R_PTR 0
+#define R_TYPE 1
+#define R_CONST 2
+#define R_STR 3
+#define R_FROZENSET 4
 #define R_KINDS 5
+#define BITMAP_COVER 512
 
 /* type codes in ob_type (5.2) */
 #define T_STR 1
@@ -147,17 +148,11 @@
 #define RM_DIR_SEGMENT_SIZE_LEN 4
 #define RM_DIR_ROOT_OFFSET_OFF 52
 #define RM_DIR_ROOT_OFFSET_LEN 4
-#define RM_DIR_RELOC_INDEX_OFF 56
-#define RM_DIR_RELOC_INDEX_LEN 4
-#define RM_DIR_RELOC_COUNT_OFF 60
-#define RM_DIR_RELOC_COUNT_LEN 4
-#define RM_DIR_RELOC_NONPTR_OFF 64
-#define RM_DIR_RELOC_NONPTR_LEN 4
-#define RM_DIR_DATA_CRC_OFF 68
+#define RM_DIR_DATA_CRC_OFF 56
 #define RM_DIR_DATA_CRC_LEN 4
-#define RM_DIR_RESERVED_OFF 72
-#define RM_DIR_RESERVED_LEN 8
-#define RM_DIR_BYTES 80
+#define RM_DIR_RESERVED_OFF 60
+#define RM_DIR_RESERVED_LEN 4
+#define RM_DIR_BYTES 64
 
 /* STRIDX: a string index entry (spec 4.1) */
 #define RM_STRIDX_OFFSET_OFF 0
@@ -170,10 +165,10 @@
 #define RM_STRIDX_CRC_LEN 4
 #define RM_STRIDX_BYTES 16
 
-/* RELOC: a relocation record: (slot << RELOC_KIND_BITS) | kind (spec 5.3) */
-#define RM_RELOC_RECORD_OFF 0
-#define RM_RELOC_RECORD_LEN 4
-#define RM_RELOC_BYTES 4
+/* LOOKUP: a lookup table slot: directory index + 1, 0 when empty (spec 3.3) */
+#define RM_LOOKUP_SLOT_OFF 0
+#define RM_LOOKUP_SLOT_LEN 4
+#define RM_LOOKUP_BYTES 4
 
 /* Where section i's offset and size are in the header. */
 #define RM_HDR_SECTION_OFFSET_OFF(i) (RM_HDR_SECTIONS_OFF + (i) * RM_SECT_BYTES + RM_SECT_OFFSET_OFF)
@@ -187,13 +182,13 @@ _Static_assert(RM_STRIDX_BYTES == STRING_SIZE, "string index entry size");
 _Static_assert(RM_HDR_SECTIONS_OFF == SECTION_TABLE_OFFSET, "section table offset");
 _Static_assert(RM_HDR_SECTIONS_LEN == SECTION_COUNT * RM_SECT_BYTES, "section table size");
 _Static_assert(RM_HDR_FINGERPRINT_OFF == FINGERPRINT_OFFSET && RM_HDR_FINGERPRINT_LEN == RM_FP_BYTES && RM_FP_BYTES == FINGERPRINT_SIZE, "fingerprint");
-_Static_assert(R_KINDS <= RELOC_KIND_MASK + 1 && RELOC_KIND_MASK == (1 << RELOC_KIND_BITS) - 1, "relocation kinds");
+_Static_assert(R_KINDS <= TAG_MASK + 1 && TAG_MASK == (1 << TAG_BITS) - 1 && (1 << TAG_BITS) <= RM_ALIGN, "tags fit below an object's alignment");
 _Static_assert(C_END == C_BYTE + 256 && C_SMALL_INT + SMALL_INT_MAX - SMALL_INT_MIN < C_LATIN1, "singleton ids");
 _Static_assert(RM_HDR_FINGERPRINT_OFF + RM_HDR_FINGERPRINT_LEN == RM_HDR_BYTES, "HDR fields fill the record");
 _Static_assert(RM_SECT_SIZE_OFF + RM_SECT_SIZE_LEN == RM_SECT_BYTES, "SECT fields fill the record");
 _Static_assert(RM_FP_VERSION_OFF + RM_FP_VERSION_LEN == RM_FP_BYTES, "FP fields fill the record");
 _Static_assert(RM_DIR_RESERVED_OFF + RM_DIR_RESERVED_LEN == RM_DIR_BYTES, "DIR fields fill the record");
 _Static_assert(RM_STRIDX_CRC_OFF + RM_STRIDX_CRC_LEN == RM_STRIDX_BYTES, "STRIDX fields fill the record");
-_Static_assert(RM_RELOC_RECORD_OFF + RM_RELOC_RECORD_LEN == RM_RELOC_BYTES, "RELOC fields fill the record");
+_Static_assert(RM_LOOKUP_SLOT_OFF + RM_LOOKUP_SLOT_LEN == RM_LOOKUP_BYTES, "LOOKUP fields fill the record");
 
 #endif

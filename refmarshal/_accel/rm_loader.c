@@ -3,11 +3,10 @@
  *
  * C does the mechanics (memory, directory lookup, relocation, interning, code-object set-up);
  * Python decides policy (which image, which module, what to do on failure).  Every failure is
- * reported as a message and leaves the module untouched: relocations are all validated before
- * any is applied.
+ * reported as a message; a module that fails is never handed out.
  *
  * Memory: one region as large as the file is reserved at the image's preferred base (anywhere
- * else when that is taken: PTR records are then applied).  It is anonymous and private (with
+ * else when that is taken: PTR words are then moved by the difference).  It is anonymous and private (with
  * transparent huge pages when asked for: RM_MODE_HUGE_PAGES), and filled from the file lazily,
  * only where something is read: opening an image costs the same whatever its size, and loading
  * costs grow with what a process imports.  Reading (pread) instead of mapping the file
@@ -51,12 +50,10 @@
 #  error "debug builds make interned strings mortal at exit: not supported (spec [LOAD-4])"
 #endif
 
-/* Units of lazy reading.  The directory and names come in CHUNKs: a binary search visits
-   entries all over them, and most are visited again by later lookups.  Everything else comes in
-   whole pages, exactly where needed: a module's neighbours in the file are often never imported,
-   and the strings it uses lie together ([STR-2]).  (Measured: 4 KiB for strings read a third
-   less than 64 KiB for boto3's import and was no slower materialising the whole stdlib.) */
-#define CHUNK (64 * 1024)
+/* The unit of lazy reading: whole pages, exactly where needed.  A lookup reads one page of the
+   lookup table, the entry's page and its name's ([LKP-2]); a module's block is one range;
+   the strings it uses lie together ([STR-2]).  (Measured: 4 KiB for strings read a third less
+   than 64 KiB for boto3's import and was no slower materialising the whole stdlib.) */
 #define PAGE_UNIT 4096
 #define HUGE_PAGE (2 * 1024 * 1024)
 
@@ -67,8 +64,8 @@ struct rm_image {
     uint64_t size, reserved;      /* file size; size of the region (rounded to huge pages) */
     uint64_t preferred;           /* preferred_base from the header */
     uint32_t nmodules, nstrings;
-    uint64_t dir_off, names_off, names_size, sidx_off, sheap_off, sheap_size,
-             mheap_off, mheap_size, rel_off, rel_size;
+    uint64_t dir_off, names_off, names_size, lookup_off, lookup_slots, sidx_off, sheap_off,
+             sheap_size, mheap_off, mheap_size;
     unsigned char *page_ready;    /* per PAGE_UNIT: 1 once read from the file */
     uint64_t bytes_read;          /* how much of the file has been read so far */
     PyObject **strings;           /* resolved strings, by index (NULL: not yet) */
@@ -332,25 +329,30 @@ rm_image *rm_open(const char *path, int mode, char *err, int errlen) {
     }
     /* Python checks magic, version, CRC and fingerprint on the header in the region; C keeps
        only what it needs, and checks the sections it uses lie inside the file. */
-    if (ensure(img, 0, HEADER_SIZE, CHUNK, err, errlen) < 0) goto fail;
+    if (ensure(img, 0, HEADER_SIZE, PAGE_UNIT, err, errlen) < 0) goto fail;
     img->nmodules = rd32(hdr + RM_HDR_MODULE_COUNT_OFF);
     img->nstrings = rd32(hdr + RM_HDR_STRING_COUNT_OFF);
 #define SECTION_OFF(k) rd64(hdr + RM_HDR_SECTION_OFFSET_OFF(k))
 #define SECTION_SIZE(k) rd64(hdr + RM_HDR_SECTION_SIZE_OFF(k))
     img->dir_off = SECTION_OFF(SEC_DIRECTORY);
     img->names_off = SECTION_OFF(SEC_NAMES);        img->names_size = SECTION_SIZE(SEC_NAMES);
+    img->lookup_off = SECTION_OFF(SEC_LOOKUP);
+    img->lookup_slots = SECTION_SIZE(SEC_LOOKUP) / RM_LOOKUP_BYTES;
     img->sidx_off = SECTION_OFF(SEC_STRING_INDEX);
     img->sheap_off = SECTION_OFF(SEC_STRING_HEAP);  img->sheap_size = SECTION_SIZE(SEC_STRING_HEAP);
     img->mheap_off = SECTION_OFF(SEC_MODULE_HEAP);  img->mheap_size = SECTION_SIZE(SEC_MODULE_HEAP);
-    img->rel_off = SECTION_OFF(SEC_RELOCATIONS);    img->rel_size = SECTION_SIZE(SEC_RELOCATIONS);
 #undef SECTION_OFF
 #undef SECTION_SIZE
     if (img->dir_off + (uint64_t)img->nmodules * MODULE_SIZE > img->size
         || img->names_off + img->names_size > img->size
+        || img->lookup_off + img->lookup_slots * RM_LOOKUP_BYTES > img->size
         || img->sidx_off + (uint64_t)img->nstrings * STRING_SIZE > img->size
-        || img->sheap_off + img->sheap_size > img->size || img->mheap_off + img->mheap_size > img->size
-        || img->rel_off + img->rel_size > img->size)
+        || img->sheap_off + img->sheap_size > img->size || img->mheap_off + img->mheap_size > img->size)
         FAIL("section outside the file");
+    /* [LKP-1] a power of two, at least twice the modules: every search meets an empty slot */
+    if (!img->lookup_slots || (img->lookup_slots & (img->lookup_slots - 1))
+        || img->lookup_slots < 2 * (uint64_t)img->nmodules)
+        FAIL("lookup table has a bad size");
     img->strings = calloc(img->nstrings ? img->nstrings : 1, sizeof(PyObject *));
     img->state = calloc(img->nmodules ? img->nmodules : 1, 1);
     if (!img->strings || !img->state) FAIL("out of memory");
@@ -376,18 +378,18 @@ int rm_relocated(rm_image *img) { return (uint64_t)(uintptr_t)img->base != img->
 unsigned int rm_module_count(rm_image *img) { return img->nmodules; }
 unsigned long long rm_bytes_read(rm_image *img) { return img->bytes_read; }
 
-/* ---- Directory ([DIR-1], [DIR-2]) -------------------------------------------------------- */
+/* ---- Directory ([DIR-1], [LKP-2]) -------------------------------------------------------- */
 /* Entry i's name, bounds-checked (not yet checksummed): for binary search. */
 static const unsigned char *entry_name(rm_image *img, uint32_t i, uint32_t *len, char *err, int errlen) {
     uint64_t e_off = img->dir_off + (uint64_t)i * MODULE_SIZE;
-    if (ensure(img, e_off, MODULE_SIZE, CHUNK, err, errlen) < 0) return NULL;
+    if (ensure(img, e_off, MODULE_SIZE, PAGE_UNIT, err, errlen) < 0) return NULL;
     const unsigned char *e = img->base + e_off;
     uint32_t n_off = rd32(e + RM_DIR_NAME_OFFSET_OFF), n_len = rd32(e + RM_DIR_NAME_LENGTH_OFF);
     if ((uint64_t)n_off + n_len > img->names_size) {
         snprintf(err, errlen, "directory entry %u: name outside the names section", i);
         return NULL;
     }
-    if (ensure(img, img->names_off + n_off, n_len, CHUNK, err, errlen) < 0) return NULL;
+    if (ensure(img, img->names_off + n_off, n_len, PAGE_UNIT, err, errlen) < 0) return NULL;
     *len = n_len;
     return img->base + img->names_off + n_off;
 }
@@ -404,12 +406,12 @@ int rm__check_entry(rm_image *img, uint32_t i, rm_entry_info *out, char *err, in
     uint32_t flags = rd32(e + RM_DIR_FLAGS_OFF);
     if ((uint64_t)p_off + p_len > img->names_size)
         FAIL("directory entry %u: name or path outside the names section", i);
-    if (ensure(img, img->names_off + p_off, p_len, CHUNK, err, errlen) < 0) goto fail;
+    if (ensure(img, img->names_off + p_off, p_len, PAGE_UNIT, err, errlen) < 0) goto fail;
     const unsigned char *path = img->base + img->names_off + p_off;
     uint32_t crc = crc32_update(0, e + RM_DIR_FLAGS_OFF, RM_DIR_BYTES - RM_DIR_FLAGS_OFF);
     crc = crc32_update(crc32_update(crc, name, n_len), path, p_len);
     if (crc != rd32(e + RM_DIR_ENTRY_CRC_OFF)) FAIL("directory entry %u: checksum mismatch", i);
-    if (rd64(e + RM_DIR_RESERVED_OFF) != 0)
+    if (rd32(e + RM_DIR_RESERVED_OFF) != 0)
         FAIL("directory entry %u: reserved bytes are not zero", i);
     if (flags & ~(uint32_t)MOD_PACKAGE) FAIL("directory entry %u: reserved flags set", i);
     out->flags = flags;
@@ -420,9 +422,6 @@ int rm__check_entry(rm_image *img, uint32_t i, rm_entry_info *out, char *err, in
     out->seg_off = rd64(e + RM_DIR_SEGMENT_OFFSET_OFF);
     out->seg_size = rd32(e + RM_DIR_SEGMENT_SIZE_OFF);
     out->root = rd32(e + RM_DIR_ROOT_OFFSET_OFF);
-    out->reloc_index = rd32(e + RM_DIR_RELOC_INDEX_OFF);
-    out->reloc_count = rd32(e + RM_DIR_RELOC_COUNT_OFF);
-    out->reloc_nonptr = rd32(e + RM_DIR_RELOC_NONPTR_OFF);
     out->data_crc = rd32(e + RM_DIR_DATA_CRC_OFF);
     rc = 0;
 fail:
@@ -436,21 +435,28 @@ int rm_entry(rm_image *img, unsigned int i, rm_entry_info *out, char *err, int e
     return rc;
 }
 
-/* Binary search by name bytes ([DIR-2]: sorted by UTF-8 bytes).  Returns the index, -1 when
-   the image has no such module, -2 on a malformed image (message in err).  GIL held. */
+/* A search in the lookup table ([LKP-2]): from the slot the name's CRC-32 picks, on to the
+   first empty one.  Returns the entry's index, -1 when the image has no such module, -2 on a
+   malformed image (message in err).  GIL held. */
 int rm__find(rm_image *img, const char *name, size_t len, char *err, int errlen) {
-    int rc = -1;
-    uint32_t lo = 0, hi = img->nmodules;
-    while (lo < hi) {
-        uint32_t mid = lo + (hi - lo) / 2, n_len;
-        const unsigned char *n = entry_name(img, mid, &n_len, err, errlen);
-        if (!n) { rc = -2; break; }
-        int c = memcmp(n, name, n_len < len ? n_len : len);
-        if (c == 0) c = n_len < len ? -1 : n_len > len ? 1 : 0;
-        if (c == 0) { rc = (int)mid; break; }
-        if (c < 0) lo = mid + 1; else hi = mid;
+    uint64_t mask = img->lookup_slots - 1;
+    uint64_t at = crc32_update(0, (const unsigned char *)name, len) & mask;
+    for (uint64_t probes = 0; probes <= mask; probes++, at = (at + 1) & mask) {
+        uint64_t off = img->lookup_off + at * RM_LOOKUP_BYTES;
+        if (ensure(img, off, RM_LOOKUP_BYTES, PAGE_UNIT, err, errlen) < 0) return -2;
+        uint32_t v = rd32(img->base + off), n_len;
+        if (!v) return -1;
+        if (v > img->nmodules) {
+            snprintf(err, errlen, "lookup slot %llu: no directory entry %u",
+                     (unsigned long long)at, v - 1);
+            return -2;
+        }
+        const unsigned char *n = entry_name(img, v - 1, &n_len, err, errlen);
+        if (!n) return -2;
+        if (n_len == len && memcmp(n, name, len) == 0) return (int)(v - 1);
     }
-    return rc;
+    snprintf(err, errlen, "lookup table has no empty slot");
+    return -2;
 }
 
 int rm_find(rm_image *img, const char *name, size_t len, char *err, int errlen) {
@@ -494,7 +500,7 @@ static PyObject *resolve_string(rm_image *img, uint64_t index, char *err, int er
     uint32_t off = rd32(e + RM_STRIDX_OFFSET_OFF), size = rd32(e + RM_STRIDX_SIZE_OFF);
     uint32_t flags = rd32(e + RM_STRIDX_FLAGS_OFF), crc = rd32(e + RM_STRIDX_CRC_OFF);
     if ((uint64_t)off + size > img->sheap_size || off % RM_ALIGN || size < 48
-        || (flags & ~(uint32_t)STR_INTERNED)) {
+        || flags != STR_INTERNED) {   /* [STR-3] the table holds interned strings only */
         snprintf(err, errlen, "string %llu: bad index entry", (unsigned long long)index);
         return NULL;
     }
@@ -510,10 +516,9 @@ static PyObject *resolve_string(rm_image *img, uint64_t index, char *err, int er
     Py_SET_TYPE(s, &PyUnicode_Type);
     /* An interned one-character str ([OBJ-5]) is interned as marshal does it: the latin-1
        singleton is interned (or the interpreter's interned copy used), not the image's object */
-    if ((flags & STR_INTERNED) && PyUnicode_GET_LENGTH(s) == 1
-        && PyUnicode_READ_CHAR(s, 0) < 256)
+    if (PyUnicode_GET_LENGTH(s) == 1 && PyUnicode_READ_CHAR(s, 0) < 256)
         s = singletons[C_LATIN1 + PyUnicode_READ_CHAR(s, 0)];
-    if (flags & STR_INTERNED) PyUnicode_InternInPlace(&s);   /* may give the interpreter's own */
+    PyUnicode_InternInPlace(&s);   /* may give the interpreter's own */
     img->strings[index] = s;
     return s;
 }
@@ -541,115 +546,62 @@ static int init_code_object(PyCodeObject *co) {
 }
 
 /* ---- Loading one module ([LOAD-1]) ------------------------------------------------------ */
+/* Where a load keeps the objects it must visit again once every word is fixed up: frozensets
+   need their tuple's items, code objects their fields. */
+typedef struct {
+    PyObject ***at;
+    size_t n, cap;
+    PyObject **inline_at[64];
+} slot_list;
+
+static int slot_push(slot_list *l, PyObject **w) {
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? 2 * l->cap : 256;
+        PyObject ***a = l->at == l->inline_at ? malloc(cap * sizeof *a)
+                                              : realloc(l->at, cap * sizeof *a);
+        if (!a) return -1;
+        if (l->at == l->inline_at) memcpy(a, l->inline_at, l->n * sizeof *a);
+        l->at = a;
+        l->cap = cap;
+    }
+    l->at[l->n++] = w;
+    return 0;
+}
+
+static void slot_free(slot_list *l) { if (l->at != l->inline_at) free(l->at); }
+
 /* One module being loaded: its checked directory entry and where its bytes are. */
 typedef struct {
     rm_image *img;
     rm_entry_info info;
     unsigned char *seg;           /* the segment, in the region */
-    const uint32_t *rel;          /* its relocation records */
-    uint32_t first[R_KINDS + 1];  /* records are sorted by (kind, slot) ([REL-3]): those of
-                                     kind k are first[k] .. first[k+1] - 1 */
+    const uint64_t *bitmap;       /* the bitmap after it ([SEG-2]) */
+    uint64_t bitmap_words;
+    slot_list codes, frozensets;  /* TYPE words of code objects; FROZENSET words */
 } module_load;
 
-#define SLOT_AT(m, i) \
-    ((PyObject **)((m)->seg + (uint64_t)((m)->rel[i] >> RELOC_KIND_BITS) * 8))
-
-/* The segment and its relocations inside their sections, read in, and their checksum. */
+/* The block (segment and bitmap) inside the module heap, read in, and its checksum. */
 static int bring_in(module_load *m, char *err, int errlen) {
     int rc = -1;
     rm_image *img = m->img;
     const rm_entry_info *e = &m->info;
-    if (e->seg_off < img->mheap_off || e->seg_off + e->seg_size > img->mheap_off + img->mheap_size
-        || e->seg_off % 8 || e->root >= e->seg_size || e->root % 8
-        || e->reloc_nonptr > e->reloc_count
-        || ((uint64_t)e->reloc_index + e->reloc_count) * RM_RELOC_BYTES > img->rel_size)
+    m->bitmap_words = ((uint64_t)e->seg_size + BITMAP_COVER - 1) / BITMAP_COVER;
+    uint64_t block = (uint64_t)e->seg_size + m->bitmap_words * 8;
+    if (e->seg_off < img->mheap_off || e->seg_off + block > img->mheap_off + img->mheap_size
+        || e->seg_off % 8 || e->seg_size % 8 || e->root >= e->seg_size || e->root % 8)
         FAIL("directory entry out of bounds");
-    uint64_t rel_off = img->rel_off + (uint64_t)e->reloc_index * RM_RELOC_BYTES;
-    uint64_t rel_size = (uint64_t)e->reloc_count * RM_RELOC_BYTES;
-    if (ensure(img, e->seg_off, e->seg_size, PAGE_UNIT, err, errlen) < 0
-        || ensure(img, rel_off, rel_size, PAGE_UNIT, err, errlen) < 0)
-        goto fail;
-    if (crc32_update(crc32_update(0, m->seg, e->seg_size), (const unsigned char *)m->rel, rel_size)
-        != e->data_crc)
-        FAIL("segment checksum mismatch");
+    if (ensure(img, e->seg_off, block, PAGE_UNIT, err, errlen) < 0) goto fail;
+    m->bitmap = (const uint64_t *)(m->seg + e->seg_size);
+    if (crc32_update(0, m->seg, block) != e->data_crc) FAIL("segment checksum mismatch");
     rc = 0;
 fail:
     return rc;
 }
 
-/* Relocation records are read once, by this load: the pages holding only this module's go back
-   to the kernel (issue 12: they need not stay resident), and are read again if ever needed. */
-static void release_relocations(module_load *m) {
-    rm_image *img = m->img;
-    if (img->mode == RM_MODE_FILE_MAPPING) return;   /* the benchmark's whole-file mapping */
-    uint64_t start = img->rel_off + (uint64_t)m->info.reloc_index * RM_RELOC_BYTES;
-    uint64_t end = start + (uint64_t)m->info.reloc_count * RM_RELOC_BYTES;
-    uint64_t first = (start + PAGE_UNIT - 1) / PAGE_UNIT, last = end / PAGE_UNIT;
-    if (first < last
-        && madvise(img->base + first * PAGE_UNIT, (last - first) * PAGE_UNIT, MADV_DONTNEED) == 0)
-        memset(img->page_ready + first, 0, last - first);
-}
-
-/* Pass 1: every record checked, nothing written yet; fills m->first. */
-static int validate_relocations(module_load *m, char *err, int errlen) {
-    int rc = -1;
-    const rm_entry_info *e = &m->info;
-    uint64_t lo = m->img->preferred + e->seg_off, hi = lo + e->seg_size;
-    uint32_t prev_key = 0;
-    memset(m->first, 0, sizeof m->first);
-    for (uint32_t i = 0; i < e->reloc_count; i++) {
-        uint32_t slot = m->rel[i] >> RELOC_KIND_BITS, kind = m->rel[i] & RELOC_KIND_MASK;
-        uint32_t key = (kind << (32 - RELOC_KIND_BITS)) | slot;
-        uint64_t v;
-        if (kind > R_PTR) FAIL("relocation %u: unknown kind", i);
-        if (i && key <= prev_key) FAIL("relocation %u: out of order", i);
-        prev_key = key;
-        if ((uint64_t)slot * 8 + 8 > e->seg_size)
-            FAIL("relocation %u: slot outside the segment", i);
-        memcpy(&v, m->seg + (uint64_t)slot * 8, 8);
-        switch (kind) {
-        case R_TYPE:
-            if (v < T_BYTES || v > T_CODE) FAIL("relocation %u: bad type code", i);
-            break;
-        case R_CONST:
-            if (v >= C_END || (v >= C_FIXED_END && v < C_SMALL_INT)
-                || (v > C_SMALL_INT + SMALL_INT_MAX - SMALL_INT_MIN && v < C_LATIN1))
-                FAIL("relocation %u: bad singleton id", i);
-            break;
-        case R_STR:
-            if (v >= m->img->nstrings) FAIL("relocation %u: bad string index", i);
-            break;
-        default:
-            if (v < lo || v >= hi) FAIL("relocation %u: pointer outside", i);
-            break;
-        }
-        for (uint32_t k = kind + 1; k <= R_KINDS; k++) m->first[k] = i + 1;
-    }
-    if (m->first[R_PTR] != e->reloc_nonptr) FAIL("relocation counts do not match the directory");
-    rc = 0;
-fail:
-    return rc;
-}
-
-/* The module's strings, resolved before anything in the segment is written: they can fail
-   (checksums).  Prefetching a few ahead overlaps their cache misses (they are scattered). */
-static int resolve_strings(module_load *m, char *err, int errlen) {
-    rm_image *img = m->img;
-    uint32_t end = m->first[R_STR + 1];
-    for (uint32_t i = m->first[R_STR]; i < end; i++) {
-        if (i + 8 < end) {
-            uint64_t ahead = rd64((unsigned char *)SLOT_AT(m, i + 8));
-            __builtin_prefetch(&img->strings[ahead]);
-            __builtin_prefetch(img->base + img->sidx_off + ahead * STRING_SIZE);
-        }
-        if (!resolve_string(img, rd64((unsigned char *)SLOT_AT(m, i)), err, errlen)) return -1;
-    }
-    return 0;
-}
-
-/* Pass 2: type words, singletons, strings, and pointers when the region is not at its
-   preferred base.  Cannot fail: pass 1 checked every value. */
-static void apply_relocations(module_load *m) {
+/* The one pass over the module's tagged words ([SEG-3]): each is checked and replaced by what
+   it names.  A bad word fails the load, leaving the module half written: it is LOAD_FAILED and
+   never handed out.  Strings are resolved (checked, interned) as they are met. */
+static int fix_up(module_load *m, char *err, int errlen) {
     static PyTypeObject *types[T_CODE + 1];
     if (!types[T_STR]) {
         types[T_STR] = &PyUnicode_Type; types[T_BYTES] = &PyBytes_Type;
@@ -657,25 +609,68 @@ static void apply_relocations(module_load *m) {
         types[T_FLOAT] = &PyFloat_Type; types[T_COMPLEX] = &PyComplex_Type;
         types[T_CODE] = &PyCode_Type;
     }
-    const uint32_t *first = m->first;
-    PyObject **w;
-    for (uint32_t i = first[R_TYPE]; i < first[R_TYPE + 1]; i++)
-        w = SLOT_AT(m, i), *w = (PyObject *)types[(uintptr_t)*w];
-    for (uint32_t i = first[R_CONST]; i < first[R_CONST + 1]; i++)
-        w = SLOT_AT(m, i), *w = singletons[(uintptr_t)*w];
-    for (uint32_t i = first[R_STR]; i < first[R_STR + 1]; i++)
-        w = SLOT_AT(m, i), *w = m->img->strings[(uintptr_t)*w];
-    int64_t delta = (int64_t)((uintptr_t)m->img->base - m->img->preferred);
-    if (delta)   /* FROZENSET words point at their tuple: relocated like PTR words */
-        for (uint32_t i = first[R_FROZENSET]; i < first[R_KINDS]; i++)
-            w = SLOT_AT(m, i), *w = (PyObject *)((uintptr_t)*w + delta);
+    rm_image *img = m->img;
+    uint64_t lo = img->preferred + m->info.seg_off, hi = lo + m->info.seg_size;
+    uint64_t delta = (uint64_t)(uintptr_t)img->base - img->preferred;
+    uint64_t nwords = m->info.seg_size / 8;
+    for (uint64_t b = 0; b < m->bitmap_words; b++) {
+        uint64_t bits = m->bitmap[b];
+        while (bits) {
+            uint64_t slot = b * 64 + (uint64_t)__builtin_ctzll(bits);
+            bits &= bits - 1;
+            if (slot >= nwords) FAIL("bitmap bit %llu is beyond the segment",
+                                     (unsigned long long)slot);
+            uint64_t *w = (uint64_t *)(m->seg + slot * 8), v = *w, x = v >> TAG_BITS;
+            switch (v & TAG_MASK) {
+            case R_PTR:
+                if (v < lo || v >= hi) FAIL("word %llu: pointer outside the segment",
+                                            (unsigned long long)slot);
+                *w = v + delta;
+                break;
+            case R_TYPE:
+                if (x < T_STR || x > T_CODE) FAIL("word %llu: bad type code",
+                                                  (unsigned long long)slot);
+                *w = (uint64_t)(uintptr_t)types[x];
+                if (x == T_CODE && slot_push(&m->codes, (PyObject **)w) < 0)
+                    FAIL("out of memory");
+                break;
+            case R_CONST:
+                if (x >= C_END || (x >= C_FIXED_END && x < C_SMALL_INT)
+                    || (x > C_SMALL_INT + SMALL_INT_MAX - SMALL_INT_MIN && x < C_LATIN1))
+                    FAIL("word %llu: bad singleton id", (unsigned long long)slot);
+                *w = (uint64_t)(uintptr_t)singletons[x];
+                break;
+            case R_STR: {
+                if (x >= img->nstrings) FAIL("word %llu: bad string index",
+                                             (unsigned long long)slot);
+                PyObject *str = resolve_string(img, x, err, errlen);
+                if (!str) goto fail;
+                *w = (uint64_t)(uintptr_t)str;
+                break;
+            }
+            case R_FROZENSET:
+                v &= ~(uint64_t)TAG_MASK;
+                if (v < lo || v >= hi) FAIL("word %llu: frozenset outside the segment",
+                                            (unsigned long long)slot);
+                *w = v + delta;    /* the tuple, for now: build_frozensets replaces it */
+                if (slot_push(&m->frozensets, (PyObject **)w) < 0) FAIL("out of memory");
+                break;
+            default:
+                FAIL("word %llu: unknown tag", (unsigned long long)slot);
+            }
+        }
+    }
+    return 0;
+fail:
+    return -1;
 }
 
 /* Frozensets ([OBJ-9]): built from their (now fixed-up) tuples, owned by the image forever. */
 static int build_frozensets(module_load *m, char *err, int errlen) {
     int rc = -1;
-    for (uint32_t i = m->first[R_FROZENSET]; i < m->first[R_FROZENSET + 1]; i++) {
-        PyObject **w = SLOT_AT(m, i);
+    for (size_t i = 0; i < m->frozensets.n; i++) {
+        PyObject **w = m->frozensets.at[i];
+        if (!PyTuple_CheckExact(*w)) FAIL("a frozenset's items are not a tuple");
         PyObject *fs = PyFrozenSet_New(*w);
         if (!fs) { PyErr_Clear(); FAIL("cannot build a frozenset"); }
         *w = fs;
@@ -688,9 +683,9 @@ fail:
 /* What creating each code object does beyond its stored fields ([LOAD-3]). */
 static int init_code_objects(module_load *m, char *err, int errlen) {
     int rc = -1;
-    for (uint32_t i = m->first[R_TYPE]; i < m->first[R_TYPE + 1]; i++) {
-        PyObject *o = (PyObject *)((unsigned char *)SLOT_AT(m, i) - 8);   /* type word at +8 */
-        if (Py_TYPE(o) == &PyCode_Type && init_code_object((PyCodeObject *)o) < 0) {
+    for (size_t i = 0; i < m->codes.n; i++) {
+        PyObject *o = (PyObject *)((unsigned char *)m->codes.at[i] - offsetof(PyObject, ob_type));
+        if (init_code_object((PyCodeObject *)o) < 0) {
             PyErr_Clear();
             FAIL("cannot initialise a code object");
         }
@@ -708,6 +703,10 @@ fail:
    can meet it).  A module that fails is LOAD_FAILED from then on: it may be half written. */
 PyObject *rm__load(rm_image *img, uint32_t index, char *err, int errlen) {
     module_load m = {.img = img};
+    m.codes.at = m.codes.inline_at;
+    m.codes.cap = sizeof m.codes.inline_at / sizeof m.codes.inline_at[0];
+    m.frozensets.at = m.frozensets.inline_at;
+    m.frozensets.cap = m.codes.cap;
     if (index >= img->nmodules) FAIL("no module %u", index);
     if (img->state[index] == LOAD_FAILED) FAIL("module failed to load before");
     if (img->state[index] == LOAD_BUSY) {   /* someone else's: leave its state alone */
@@ -716,23 +715,24 @@ PyObject *rm__load(rm_image *img, uint32_t index, char *err, int errlen) {
     }
     if (rm__check_entry(img, index, &m.info, err, errlen) < 0) goto fail;
     m.seg = img->base + m.info.seg_off;
-    m.rel = (const uint32_t *)(img->base + img->rel_off) + m.info.reloc_index;
     PyObject *root = (PyObject *)(m.seg + m.info.root);
     if (img->state[index] == LOAD_DONE) return root;
     img->state[index] = LOAD_BUSY;
-    if (bring_in(&m, err, errlen) < 0 || validate_relocations(&m, err, errlen) < 0) goto fail;
+    if (bring_in(&m, err, errlen) < 0) goto fail;
     if (init_singletons() < 0) FAIL("accelerator not initialised");
-    if (resolve_strings(&m, err, errlen) < 0) goto fail;
-    apply_relocations(&m);
-    if (build_frozensets(&m, err, errlen) < 0 || init_code_objects(&m, err, errlen) < 0)
-        goto fail;
+    img->pinned = 1;              /* from here on the region holds objects Python may see */
+    if (fix_up(&m, err, errlen) < 0 || build_frozensets(&m, err, errlen) < 0) goto fail;
     if (Py_TYPE(root) != &PyCode_Type) FAIL("root is not a code object");
+    if (init_code_objects(&m, err, errlen) < 0) goto fail;
     img->state[index] = LOAD_DONE;
-    release_relocations(&m);
+    slot_free(&m.codes);
+    slot_free(&m.frozensets);
     return root;
 fail:
     if (index < img->nmodules && img->state[index] != LOAD_DONE)
         img->state[index] = LOAD_FAILED;
+    slot_free(&m.codes);
+    slot_free(&m.frozensets);
     return NULL;
 }
 

@@ -19,7 +19,7 @@ typedef struct {
     long long mtime_ns;
     unsigned long long size;
     unsigned long long seg_off;
-    unsigned int seg_size, root, reloc_index, reloc_count, reloc_nonptr, data_crc;
+    unsigned int seg_size, root, data_crc;
 } rm_entry_info;
 
 rm_image *rm_open(const char *path, int mode, char *err, int errlen);

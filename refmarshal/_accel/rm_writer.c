@@ -3,8 +3,8 @@
  * Every stored object is a memcpy of the live object, sized as CPython sized it
  * (tp_basicsize + tp_itemsize * items; for str, header + characters + NUL).  Then exactly the
  * fields the spec calls process-dependent are normalised, each by its C name (never by an
- * offset from the spec): refcounts, type pointers (type codes + TYPE records), pointers
- * (relocation records), caches, padding.  If the spec's tables disagree with the compiler's
+ * offset from the spec): refcounts, type pointers (TYPE words), pointers (tagged words and
+ * the bitmap marking them), caches, padding.  If the spec's tables disagree with the compiler's
  * layout, this writer's bytes differ from the reference writer's: that is what it is for.
  *
  * C places each module's objects (and so orders the string table) and encodes every object;
@@ -218,11 +218,32 @@ struct rm_plan {
     uint64_t size;
 };
 
+static size_t str_header(PyObject *s) {
+    return PyUnicode_IS_ASCII(s) ? sizeof(PyASCIIObject) : sizeof(PyCompactUnicodeObject);
+}
+
+/* A compact str whose characters follow its header, as every str the compiler makes is. */
+static int plain_str(PyObject *s) {
+    return PyUnicode_IS_COMPACT(s)
+           && (unsigned char *)PyUnicode_DATA(s) == (unsigned char *)s + str_header(s);
+}
+
+/* Bytes a str object takes up to its NUL terminator (spec 6.3). */
+static uint64_t str_used(PyObject *s) {
+    return str_header(s) + (uint64_t)(PyUnicode_GET_LENGTH(s) + 1) * PyUnicode_KIND(s);
+}
+
 /* Type code, bytes of the object as CPython allocated it, and bytes before it (GC header). */
 static int extent(PyObject *o, uint64_t *size, uint64_t *pre) {
     PyTypeObject *t = Py_TYPE(o);
     Py_ssize_t items;
     int tcode;
+    if (t == &PyUnicode_Type) {   /* [SEG-4] a string that is not interned */
+        if (!plain_str(o)) return -1;
+        *size = str_used(o);
+        *pre = 0;
+        return T_STR;
+    }
     if (t == &PyTuple_Type) { tcode = T_TUPLE; items = Py_SIZE(o); }
     else if (t == &PyBytes_Type) { tcode = T_BYTES; items = Py_SIZE(o); }
     else if (t == &PyCode_Type) { tcode = T_CODE; items = Py_SIZE(o); }
@@ -236,7 +257,7 @@ static int extent(PyObject *o, uint64_t *size, uint64_t *pre) {
 }
 
 static int add_string(PyObject *found, PyObject *s) {
-    PyObject *key = Py_BuildValue("(OO)", s, PyUnicode_CHECK_INTERNED(s) ? Py_True : Py_False);
+    PyObject *key = Py_BuildValue("(OO)", s, Py_True);
     if (!key) return -1;
     PyObject *r = PyDict_SetDefault(found, key, s);
     Py_DECREF(key);
@@ -274,8 +295,9 @@ static int push(PyObject ***stack, size_t *n, size_t *cap, PyObject *o) {
     return 0;
 }
 
-/* Depth-first pre-order from the code object in box[0]; strings go into the dict box[1]
-   ((str, interned) -> str), frozensets are ordered by calling box[2] (the box: rm_writer.h). */
+/* Depth-first pre-order from the code object in box[0]; interned strings go into the dict
+   box[1] ((str, True) -> str), frozensets are ordered by calling box[2] (the box:
+   rm_writer.h). */
 rm_plan *rm_plan_module(char *err, int errlen) {
     PyGILState_STATE g = PyGILState_Ensure();
     rm_plan *p = calloc(1, sizeof *p);
@@ -293,7 +315,7 @@ rm_plan *rm_plan_module(char *err, int errlen) {
         PyObject *o = stack[--sn];
         uintptr_t seen;
         if (singleton_id(o) >= 0) continue;
-        if (PyUnicode_CheckExact(o)) {
+        if (PyUnicode_CheckExact(o) && PyUnicode_CHECK_INTERNED(o)) {   /* [STR-3] */
             if (add_string(found, o) < 0) FAIL("cannot record a string");
             continue;
         }
@@ -338,38 +360,29 @@ typedef struct {
     rm_plan *p;
     unsigned char *seg;
     uint64_t seg_addr;            /* preferred_base + file offset of the segment */
-    PyObject *index;              /* (str, interned) -> string index */
-    uint32_t *rel;
-    size_t nrel, relcap;
+    PyObject *index;              /* (str, True) -> string index */
+    uint64_t *bitmap;             /* [SEG-2] one bit per word of the segment */
 } rm_enc;
 
-static int reloc(rm_enc *e, void *word, int kind) {
+/* [SEG-3] A tagged word: addresses (PTR, FROZENSET) carry the tag in their low bits, ids and
+   indices are shifted left to make room for it; its bit is set in the bitmap. */
+static int set_word(rm_enc *e, void *word, uint64_t value, int kind) {
     uint64_t slot = (uint64_t)((unsigned char *)word - e->seg) / 8;
-    if (slot >= (1u << (32 - RELOC_KIND_BITS))) return -1;
-    if (e->nrel == e->relcap) {
-        size_t c = e->relcap ? 2 * e->relcap : 1024;
-        uint32_t *r = realloc(e->rel, c * sizeof *r);
-        if (!r) return -1;
-        e->rel = r; e->relcap = c;
-    }
-    e->rel[e->nrel++] = (uint32_t)(slot << RELOC_KIND_BITS) | (uint32_t)kind;
+    uint64_t w = kind == R_PTR || kind == R_FROZENSET ? value | (uint64_t)kind
+                                                      : value << TAG_BITS | (uint64_t)kind;
+    memcpy(word, &w, 8);
+    e->bitmap[slot / 64] |= (uint64_t)1 << (slot % 64);
     return 0;
 }
 
-static int set_word(rm_enc *e, void *word, uint64_t value, int kind) {
-    memcpy(word, &value, 8);
-    return reloc(e, word, kind);
-}
-
-/* A pointer copied from memory becomes a relocation record and the word it names (5.3). */
+/* A pointer copied from memory becomes the tagged word that says what it points to (5.3). */
 static int convert_ref(rm_enc *e, PyObject **word, char *err, int errlen) {
     PyObject *target = *word;
     uintptr_t v;
     long cid = singleton_id(target);
     if (cid >= 0) return set_word(e, word, (uint64_t)cid, R_CONST);
-    if (PyUnicode_CheckExact(target)) {
-        PyObject *key = Py_BuildValue("(OO)", target,
-                                      PyUnicode_CHECK_INTERNED(target) ? Py_True : Py_False);
+    if (PyUnicode_CheckExact(target) && PyUnicode_CHECK_INTERNED(target)) {
+        PyObject *key = Py_BuildValue("(OO)", target, Py_True);
         PyObject *idx = key ? PyDict_GetItemWithError(e->index, key) : NULL;
         Py_XDECREF(key);
         unsigned long long i = idx ? PyLong_AsUnsignedLongLong(idx) : (unsigned long long)-1;
@@ -418,10 +431,29 @@ static void reset_code(PyCodeObject *c) {
     reset_code_version(c);
 }
 
+/* A str's bytes up to its NUL, normalised (spec 6.3); its ob_type holds T_STR untagged. */
+static void encode_str(unsigned char *dst, PyObject *s, size_t used) {
+    memcpy(dst, s, used);
+    PyASCIIObject *a = (PyASCIIObject *)dst;
+    const PyASCIIObject *src = (const PyASCIIObject *)s;
+    a->ob_base.ob_refcnt = RM_REFCNT;
+    a->ob_base.ob_type = (PyTypeObject *)(uintptr_t)T_STR;
+    a->hash = -1;
+    memset(&a->state, 0, sizeof a->state);   /* interned 0 ([STR-4]), unnamed bits 0 */
+    a->state.kind = src->state.kind;
+    a->state.compact = src->state.compact;
+    a->state.ascii = src->state.ascii;
+    size_t from = offsetof(PyASCIIObject, state) + sizeof a->state;
+    memset(dst + from, 0, RM_STATE_PAD_END - from);
+    reset_str_version(a, src);
+    if (!src->state.ascii) reset_str_compact((PyCompactUnicodeObject *)dst);
+}
+
 /* One object, copied at its offset from its live memory, then normalised. */
 static int encode_item(rm_enc *e, const rm_item *it, char *err, int errlen) {
     unsigned char *dst = e->seg + it->off;
-    memcpy(dst, it->obj, it->size);
+    if (it->tcode == T_STR) encode_str(dst, it->obj, it->size);
+    else memcpy(dst, it->obj, it->size);
     PyObject *d = (PyObject *)dst;
     d->ob_refcnt = RM_REFCNT;
     if (set_word(e, &d->ob_type, (uint64_t)it->tcode, R_TYPE) < 0) goto full;
@@ -453,67 +485,40 @@ full:
 }
 
 /* Encodes the plan with the string index dict in box[0]; box becomes
-   [segment bytes, relocation records as bytes, count of non-PTR records, root offset]
-   (the box: rm_writer.h). */
+   [segment bytes, bitmap bytes, root offset] (the box: rm_writer.h). */
 int rm_encode_module(rm_plan *p, unsigned long long seg_addr, char *err, int errlen) {
     PyGILState_STATE g = PyGILState_Ensure();
-    rm_enc e = {p, NULL, seg_addr, NULL, NULL, 0, 0};
-    PyObject *data = NULL, *rbytes = NULL, *out = NULL;
+    rm_enc e = {p, NULL, seg_addr, NULL, NULL};
+    PyObject *data = NULL, *bits = NULL, *out = NULL;
     int rc = -1;
     uintptr_t root = 0;
+    /* [SEG-2] BITMAP_COVER segment bytes to each 8-byte bitmap word */
+    uint64_t nbits = (p->size + BITMAP_COVER - 1) / BITMAP_COVER * RM_ALIGN;
     if (!box || PyList_GET_SIZE(box) != 1 || !PyDict_Check(PyList_GET_ITEM(box, 0)))
         FAIL("expected the string index");
     e.index = PyList_GET_ITEM(box, 0);
-    if (!(data = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)p->size))) FAIL("out of memory");
+    if (!(data = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)p->size))
+        || !(bits = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)nbits)))
+        FAIL("out of memory");
     e.seg = (unsigned char *)PyBytes_AS_STRING(data);
+    e.bitmap = (uint64_t *)PyBytes_AS_STRING(bits);
     memset(e.seg, 0, p->size);
+    memset(e.bitmap, 0, nbits);
     for (size_t i = 0; i < p->n; i++)
         if (encode_item(&e, &p->items[i], err, errlen) < 0) goto fail;
-    /* [REL-3] by kind, then slot: each kind's records were made in slot order */
-    if (!(rbytes = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)e.nrel * RM_RELOC_BYTES)))
-        FAIL("out of memory");
-    uint32_t *r = (uint32_t *)PyBytes_AS_STRING(rbytes);
-    size_t k = 0, nonptr = 0;
-    for (int kind = 0; kind < R_KINDS; kind++) {
-        if (kind == R_PTR) nonptr = k;
-        for (size_t i = 0; i < e.nrel; i++)
-            if ((e.rel[i] & RELOC_KIND_MASK) == (uint32_t)kind) r[k++] = e.rel[i];
-    }
     map_get(&p->placed, p->root, &root);
-    if (!(out = Py_BuildValue("[OOnK]", data, rbytes, (Py_ssize_t)nonptr,
-                              (unsigned long long)root))
+    if (!(out = Py_BuildValue("[OOK]", data, bits, (unsigned long long)root))
         || PyList_SetSlice(box, 0, PY_SSIZE_T_MAX, out) < 0)
         FAIL("out of memory");
     rc = 0;
 fail:
     if (PyErr_Occurred()) PyErr_Clear();
-    Py_XDECREF(data); Py_XDECREF(rbytes); Py_XDECREF(out);
-    free(e.rel);
+    Py_XDECREF(data); Py_XDECREF(bits); Py_XDECREF(out);
     PyGILState_Release(g);
     return rc;
 }
 
 /* ---- The string heap (spec 4, 6.3) ---------------------------------------------------- */
-static size_t str_header(PyObject *s) {
-    return PyUnicode_IS_ASCII(s) ? sizeof(PyASCIIObject) : sizeof(PyCompactUnicodeObject);
-}
-
-static void encode_str(unsigned char *dst, PyObject *s, size_t used) {
-    memcpy(dst, s, used);
-    PyASCIIObject *a = (PyASCIIObject *)dst;
-    const PyASCIIObject *src = (const PyASCIIObject *)s;
-    a->ob_base.ob_refcnt = RM_REFCNT;
-    a->ob_base.ob_type = (PyTypeObject *)(uintptr_t)T_STR;    /* [STR-3], no record */
-    a->hash = -1;
-    memset(&a->state, 0, sizeof a->state);   /* interned 0 ([STR-4]), unnamed bits 0 */
-    a->state.kind = src->state.kind;
-    a->state.compact = src->state.compact;
-    a->state.ascii = src->state.ascii;
-    size_t from = offsetof(PyASCIIObject, state) + sizeof a->state;
-    memset(dst + from, 0, RM_STATE_PAD_END - from);
-    reset_str_version(a, src);
-    if (!src->state.ascii) reset_str_compact((PyCompactUnicodeObject *)dst);
-}
 
 /* box[0] is the list of the string table's str objects in index order; box becomes
    [string heap bytes], and sizes[i] the bytes of object i including its padding (the box:
@@ -528,10 +533,9 @@ int rm_encode_strings(unsigned int *sizes, char *err, int errlen) {
     list = PyList_GET_ITEM(box, 0);
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(list); i++) {
         PyObject *s = PyList_GET_ITEM(list, i);
-        if (!PyUnicode_CheckExact(s) || !PyUnicode_IS_COMPACT(s)
-            || (unsigned char *)PyUnicode_DATA(s) != (unsigned char *)s + str_header(s))
+        if (!PyUnicode_CheckExact(s) || !plain_str(s))
             FAIL("string %zd is not a compact str", i);
-        uint64_t size = ALIGN8(str_header(s) + (PyUnicode_GET_LENGTH(s) + 1) * PyUnicode_KIND(s));
+        uint64_t size = ALIGN8(str_used(s));
         if (size > UINT32_MAX) FAIL("string %zd too large", i);
         sizes[i] = (unsigned int)size;
         total += size;
@@ -541,7 +545,7 @@ int rm_encode_strings(unsigned int *sizes, char *err, int errlen) {
     memset(dst, 0, total);
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(list); i++) {
         PyObject *s = PyList_GET_ITEM(list, i);
-        encode_str(dst, s, str_header(s) + (PyUnicode_GET_LENGTH(s) + 1) * PyUnicode_KIND(s));
+        encode_str(dst, s, str_used(s));
         dst += sizes[i];
     }
     PyObject *out = Py_BuildValue("[O]", heap);

@@ -8,12 +8,11 @@
  *
  *   call               box before the call                    box after it (on success)
  *   rm_plan_module     [code object, {}, order(frozenset)]    unchanged; the dict now maps
- *                      order returns the frozenset's items     (str, interned) -> str for the
- *                      as a tuple in [OBJ-9] order            module's strings, in order of
- *                                                              first use
- *   rm_encode_module   [{(str, interned): string index}]      [segment bytes, relocation
- *                                                              records as bytes, count of
- *                                                              non-PTR records, root offset]
+ *                      order returns the frozenset's items     (str, True) -> str for the
+ *                      as a tuple in [OBJ-9] order            module's interned strings, in
+ *                                                              order of first use
+ *   rm_encode_module   [{(str, True): string index}]          [segment bytes, bitmap bytes,
+ *                                                              root offset]
  *                                                              (container.EncodedSegment)
  *   rm_encode_strings  [[str, ...] in string index order]     [string heap bytes]; sizes[i]
  *                                                              is string i's padded size

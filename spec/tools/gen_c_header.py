@@ -10,7 +10,8 @@ Names: a constant of format.py keeps its Python name (``R_PTR``, ``HEADER_SIZE``
 few too generic for C, which get ``RM_`` (``RM_MAGIC``, ``RM_PAGE``, ``RM_ALIGN``).  A record
 field is ``RM_<record>_<FIELD>_OFF`` (offset in the record) and ``_LEN`` (bytes), a record's
 size ``RM_<record>_BYTES``; records: HDR (header, 2.1), SECT (section table entry, 2.3), FP
-(fingerprint, 2.2), DIR (directory entry, 3.1), STRIDX (string index entry, 4.1), RELOC (5.3).
+(fingerprint, 2.2), DIR (directory entry, 3.1), LOOKUP (lookup table slot, 3.3), STRIDX (string
+index entry, 4.1).
 """
 
 import os
@@ -32,13 +33,13 @@ GROUPS = [
       "FINGERPRINT_SIZE"]),
     ("alignment: objects ([OBJ-1]) and the heaps ([SEC-3])", ["ALIGN", "PAGE"]),
     ("sections, by their index in the section table ([SEC-1])",
-     ["SECTION_COUNT", "SEC_DIRECTORY", "SEC_NAMES", "SEC_STRING_INDEX", "SEC_STRING_HEAP",
-      "SEC_MODULE_HEAP", "SEC_RELOCATIONS"]),
+     ["SECTION_COUNT", "SEC_DIRECTORY", "SEC_NAMES", "SEC_LOOKUP", "SEC_STRING_INDEX",
+      "SEC_STRING_HEAP", "SEC_MODULE_HEAP"]),
     ("flags: header ([HDR-9]), directory entry (3.1), string index entry (4.1)",
      ["FLAG_OPTIMIZE_MASK", "MOD_PACKAGE", "STR_INTERNED"]),
-    ("relocation records: (slot << RELOC_KIND_BITS) | kind (5.3)",
-     ["RELOC_KIND_BITS", "RELOC_KIND_MASK", "R_TYPE", "R_CONST", "R_STR", "R_FROZENSET",
-      "R_PTR", "R_KINDS"]),
+    ("tagged words: the tag in the low TAG_BITS bits (5.3); the bitmap marking them (5.1)",
+     ["TAG_BITS", "TAG_MASK", "R_PTR", "R_TYPE", "R_CONST", "R_STR", "R_FROZENSET", "R_KINDS",
+      "BITMAP_COVER"]),
     ("type codes in ob_type (5.2)",
      ["T_STR", "T_BYTES", "T_TUPLE", "T_INT", "T_FLOAT", "T_COMPLEX", "T_CODE"]),
     ("singleton ids of CONST records (5.4)",
@@ -115,8 +116,8 @@ def render():
         ("RM_HDR_SECTIONS_LEN == SECTION_COUNT * RM_SECT_BYTES", "section table size"),
         ("RM_HDR_FINGERPRINT_OFF == FINGERPRINT_OFFSET && RM_HDR_FINGERPRINT_LEN == RM_FP_BYTES"
          " && RM_FP_BYTES == FINGERPRINT_SIZE", "fingerprint"),
-        ("R_KINDS <= RELOC_KIND_MASK + 1 && RELOC_KIND_MASK == (1 << RELOC_KIND_BITS) - 1",
-         "relocation kinds"),
+        ("R_KINDS <= TAG_MASK + 1 && TAG_MASK == (1 << TAG_BITS) - 1 && (1 << TAG_BITS) <= RM_ALIGN",
+         "tags fit below an object's alignment"),
         ("C_END == C_BYTE + 256 && C_SMALL_INT + SMALL_INT_MAX - SMALL_INT_MIN < C_LATIN1",
          "singleton ids"),
     ]
