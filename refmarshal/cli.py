@@ -167,7 +167,7 @@ def build_image(output, modules, jobs, verbose=False, optimize=0):
                        progress=Progress("compiling"), implementation="auto")
     seconds = time.perf_counter() - start
     _say(f"{len(result.modules)} modules, {len(result.skipped)} skipped, {_mb(result.size)}, "
-         f"{result.strings} shared strings, {seconds:.1f} s")
+         f"{result.strings} interned strings, {seconds:.1f} s")
     if result.skipped and verbose:
         for name, path, reason in result.skipped:
             _say(f"  skipped {name} ({path}): {reason}")
@@ -331,13 +331,11 @@ def cmd_info(args):
     _say(f"optimize     {fields['flags'] & F.FLAG_OPTIMIZE_MASK}")
     if problem is not None:
         raise CliError(f"{path}: {problem}")
-    header, entries, reloc_counts = _directory(path)
+    header, entries, tagged = _directory(path)
     packages = sum(e.is_package for e in entries)
-    nstr, str_refs = header["strings"], reloc_counts[F.R_STR]
     _say(f"modules      {header['modules']} ({packages} packages)")
-    share = f"{str_refs / nstr:.1f}" if nstr else "-"
-    _say(f"strings      {nstr:,} distinct, stored once; {str_refs:,} references "
-         f"({share} per string)")
+    _say(f"strings      {header['strings']:,} interned strings, stored once")
+    _say(f"fix-ups      {tagged:,} tagged words (pointers, type words, singletons, strings)")
     _say("sections")
     for name, (off, length) in zip(F.SECTION_NAMES, header["sections"]):
         _say(f"  {name:<14}{length:>14,} bytes  at {off:#x}")

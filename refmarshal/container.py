@@ -98,6 +98,13 @@ def lookup_hash(name_bytes):
     return F.crc32(name_bytes)
 
 
+def lookup_section(names):
+    """[LKP-1] The lookup section's bytes: its head (the CRC-32 of the slots, their count),
+    then the slots of ``lookup_table``."""
+    slots = b"".join(F.LOOKUP.pack(v) for v in lookup_table(names))
+    return F.LOOKUP_HEAD.pack(F.crc32(slots), len(slots) // F.LOOKUP_RECORD.size) + slots
+
+
 def lookup_table(names):
     """[LKP-2] The lookup table's slots for module names in directory order: each entry, in
     directory order, goes into the first free slot from lookup_hash(name) mod slots on."""
@@ -128,7 +135,7 @@ def assemble_image(names, modules, strings, encode_segment, optimize):
         nb, pb = n.encode("utf-8"), os.fsencode(modules[n].path)
         name_refs.append((len(blob), len(nb), len(blob) + len(nb), len(pb)))
         blob += nb + pb
-    lookup = b"".join(F.LOOKUP.pack(v) for v in lookup_table(names))
+    lookup = lookup_section(names)
     dir_off = F.HEADER_SIZE
     names_off = dir_off + F.MODULE_SIZE * len(names)
     lookup_off = F.align(names_off + len(blob))
@@ -278,9 +285,9 @@ def read_directory(mem, header):
     check(next_block == moff + msize, "module heap bytes not owned by a module")
     check(next_name == sections[F.SEC_NAMES][1], "names section bytes not owned by a module")
     loff, lsize = sections[F.SEC_LOOKUP]
-    want = b"".join(F.LOOKUP.pack(v) for v in lookup_table([e.name for e in entries]))
+    want = lookup_section([e.name for e in entries])
     check(bytes(mem[loff:loff + lsize]) == want, "lookup table is not the one the directory "
-          "gives")
+          "gives ([LKP-1], [LKP-2])")
     return entries
 
 

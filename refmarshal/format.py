@@ -105,6 +105,8 @@ MODULE_RECORD = Record("DIR", "a module directory entry (spec 3.1)", (
     ("reserved", "4x")))
 STRING_RECORD = Record("STRIDX", "a string index entry (spec 4.1)", (
     ("offset", "I"), ("size", "I"), ("flags", "I"), ("crc", "I")))
+LOOKUP_HEAD_RECORD = Record("LOOKUPHEAD", "the head of the lookup table (spec 3.3)", (
+    ("crc", "I"), ("slots", "I")))
 LOOKUP_RECORD = Record("LOOKUP", "a lookup table slot: directory index + 1, 0 when empty "
                        "(spec 3.3)", (("slot", "I"),))
 # A tagged word (spec 5.3): its low TAG_BITS bits say how the loader resolves it.
@@ -112,7 +114,7 @@ TAG_BITS = 3
 TAG_MASK = (1 << TAG_BITS) - 1
 
 RECORDS = (HEADER_RECORD, SECTION_RECORD, FINGERPRINT_RECORD, MODULE_RECORD, STRING_RECORD,
-           LOOKUP_RECORD)
+           LOOKUP_HEAD_RECORD, LOOKUP_RECORD)
 
 HEADER_SIZE = HEADER_RECORD.size                               # [HDR-3] 256
 MODULE_SIZE = MODULE_RECORD.size                               # [SEC-2] 64 bytes an entry
@@ -124,7 +126,8 @@ SECTION_TABLE_OFFSET = HEADER_RECORD.offset("sections")        # [SEC-1]
 # The records as ``struct.Struct`` objects (``HEADER`` etc.), made on first use by the module
 # __getattr__ below: ``struct`` is not imported on the import hook's path.
 _STRUCTS = {"HEADER": HEADER_RECORD, "SECTION": SECTION_RECORD, "FINGERPRINT": FINGERPRINT_RECORD,
-            "MODULE": MODULE_RECORD, "STRING": STRING_RECORD, "LOOKUP": LOOKUP_RECORD}
+            "MODULE": MODULE_RECORD, "STRING": STRING_RECORD, "LOOKUP": LOOKUP_RECORD,
+            "LOOKUP_HEAD": LOOKUP_HEAD_RECORD}
 
 
 def __getattr__(name):
@@ -159,6 +162,11 @@ def lookup_slots(module_count):
     while n < 2 * module_count:
         n *= 2
     return n
+
+
+def lookup_size(module_count):
+    """[LKP-1] bytes of the lookup section: its head, then its slots."""
+    return LOOKUP_HEAD_RECORD.size + lookup_slots(module_count) * LOOKUP_RECORD.size
 
 # Type codes written in ob_type: spec 5.2.
 T_STR, T_BYTES, T_TUPLE, T_INT, T_FLOAT, T_COMPLEX, T_CODE = range(1, 8)
@@ -308,7 +316,7 @@ def check_header(hdr, file_size, crc=crc32):
         raise ImageError("directory size does not match module count")
     if sections[SEC_STRING_INDEX][1] != h["string_count"] * STRING_SIZE:
         raise ImageError("string index size does not match string count")
-    if sections[SEC_LOOKUP][1] != lookup_slots(h["module_count"]) * LOOKUP_RECORD.size:
+    if sections[SEC_LOOKUP][1] != lookup_size(h["module_count"]):
         raise ImageError("lookup table size does not match module count")
     h.update(base=base, modules=h["module_count"], strings=h["string_count"],
              optimize=flags & FLAG_OPTIMIZE_MASK)

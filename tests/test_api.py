@@ -78,9 +78,9 @@ def test_record_layouts_match_the_spec_sizes_and_the_hand_packed_fingerprint():
     import struct
     from _frozen_importlib_external import MAGIC_NUMBER
     from refmarshal import format as F
-    assert (F.HEADER.size, F.MODULE.size, F.STRING.size, F.RELOC.size, F.SECTION.size,
-            F.FINGERPRINT.size) == (F.HEADER_SIZE, F.MODULE_SIZE, F.STRING_SIZE, 4, 16,
-                                    F.FINGERPRINT_SIZE)
+    assert (F.HEADER.size, F.MODULE.size, F.STRING.size, F.LOOKUP.size, F.LOOKUP_HEAD.size,
+            F.SECTION.size, F.FINGERPRINT.size) == (F.HEADER_SIZE, F.MODULE_SIZE, F.STRING_SIZE,
+                                                    4, 8, 16, F.FINGERPRINT_SIZE)
     assert F.FINGERPRINT_OFFSET + F.FINGERPRINT_SIZE == F.HEADER_SIZE
     assert F.fingerprint() == F.FINGERPRINT.pack(
         sys.hexversion, MAGIC_NUMBER, struct.calcsize("P"),

@@ -141,7 +141,7 @@ def test_build_info_verify(built):
     src, cwd, img, r = built
     assert img.exists() and not [p for p in img.parent.iterdir() if p != img]  # no temp left
     summary = r.stdout.strip().splitlines()
-    m = re.search(r"^(\d+) modules, (\d+) skipped, [\d.]+ MB, (\d+) shared strings, "
+    m = re.search(r"^(\d+) modules, (\d+) skipped, [\d.]+ MB, (\d+) interned strings, "
                   r"[\d.]+ s$", r.stdout, re.M)
     assert m and (int(m[1]), int(m[2])) == (len(BUILT) - 1, 1), r.stdout
     assert any(line.startswith("  skipped broken (") and "SyntaxError" in line
@@ -153,7 +153,7 @@ def test_build_info_verify(built):
     assert r.returncode == 0, r.stderr
     assert re.search(r"^modules +6 \(2 packages\)$", r.stdout, re.M), r.stdout
     assert re.search(r"^usable here +yes$", r.stdout, re.M)
-    assert re.search(rf"^strings +{int(m[3]):,} distinct", r.stdout, re.M)
+    assert re.search(rf"^strings +{int(m[3]):,} interned strings, stored once$", r.stdout, re.M)
     for name in F.SECTION_NAMES:
         assert re.search(rf"^  {name} +[\d,]+ bytes", r.stdout, re.M)
     r = rm(["info", "-v", img], cwd)

@@ -66,14 +66,20 @@ def test_writing_is_deterministic(tmp_path):
     assert a == b
 
 
-def test_STR_2_equal_strings_are_stored_once_across_modules(tmp_path):
+def test_STR_2_interned_strings_are_stored_once_across_modules(tmp_path):
+    """Interned strings (names) are in the string table once; a string that is not interned
+    lives in the segment of each module that uses it ([SEG-4]), so one read brings a module."""
     (tmp_path / "m1.py").write_text("X = 'a shared constant string'\ndef shared_name(): pass\n")
     (tmp_path / "m2.py").write_text("Y = 'a shared constant string'\ndef shared_name(): pass\n")
     path = tmp_path / "s.img"
     refmarshal.build(path, [("m1", tmp_path / "m1.py"), ("m2", tmp_path / "m2.py")])
     data = path.read_bytes()
-    assert data.count("a shared constant string".encode()) == 1
     assert data.count(b"shared_name") == 1
+    assert data.count("a shared constant string".encode()) == 2
+    from refmarshal import format as F
+    hdr = F.check_header(data[:256], len(data))
+    moff, msize = hdr["sections"][F.SEC_MODULE_HEAP]
+    assert data[moff:moff + msize].count("a shared constant string".encode()) == 2
     img = refmarshal.Image(path, implementation="reference")
     assert img.get_code("m1").co_consts[0] == img.get_code("m2").co_consts[0]
 

@@ -41,12 +41,12 @@ def install_method(cls, key):
         raise ImportError(f"refmarshal accelerator: cannot install {key}")
 
 _ERRLEN = 256
-# How the image's bytes are brought into memory (rm_loader.h); benchmarks compare them.  Small
-# pages are the default: huge pages are faster when everything is loaded on an idle machine,
-# but a huge-page fault may compact memory first, which stalled imports by hundreds of
-# milliseconds on a busy one (BENCHMARKS.md).
+# How the image's bytes are brought into memory (rm_loader.h); benchmarks compare them.  "auto"
+# is the default: huge pages are faster, but where the kernel compacts memory to make one (THP
+# "defrag" setting "madvise" or "always") a fault stalled imports by hundreds of milliseconds on
+# a busy machine (BENCHMARKS.md), so there it uses small pages.
 MODES = {"huge-pages": lib.RM_MODE_HUGE_PAGES, "small-pages": lib.RM_MODE_SMALL_PAGES,
-         "file-mapping": lib.RM_MODE_FILE_MAPPING}
+         "file-mapping": lib.RM_MODE_FILE_MAPPING, "auto": lib.RM_MODE_AUTO}
 
 
 def _crc32(*chunks):
@@ -62,7 +62,7 @@ class AccelImage:
 
     implementation = "accel"
 
-    def __init__(self, path, mode="small-pages"):
+    def __init__(self, path, mode="auto"):
         self.path = os.fspath(path)
         self._err = ffi.new("char[]", _ERRLEN)
         handle = lib.rm_open(os.fsencode(self.path), MODES[mode], self._err, _ERRLEN)

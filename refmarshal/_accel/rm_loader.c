@@ -70,6 +70,7 @@ struct rm_image {
     uint64_t bytes_read;          /* how much of the file has been read so far */
     PyObject **strings;           /* resolved strings, by index (NULL: not yet) */
     unsigned char *state;         /* per module: LOAD_* below */
+    int lookup_checked;           /* the lookup table's CRC was checked ([LKP-1]) */
     int pinned;                   /* something in the region was handed to the interpreter
                                      (a string interned, a module loaded): never release it */
 };
@@ -248,6 +249,12 @@ static int ensure(rm_image *img, uint64_t off, uint64_t len, uint64_t grain,
         while (run <= last && !img->page_ready[run]) run++;
         uint64_t from = p * PAGE_UNIT, to = run * PAGE_UNIT < img->size ? run * PAGE_UNIT
                                                                           : img->size;
+#ifdef MADV_POPULATE_WRITE
+        /* the pages in one call instead of one fault each as pread writes them (Linux 5.14+;
+           where it fails, pread faults them in as before) */
+        if (img->mode != RM_MODE_FILE_MAPPING)
+            madvise(img->base + from, (run - p) * PAGE_UNIT, MADV_POPULATE_WRITE);
+#endif
         while (from < to) {
             ssize_t got = pread(img->fd, img->base + from, to - from, (off_t)from);
             if (got < 0 && errno == EINTR) continue;
@@ -287,6 +294,29 @@ static unsigned char *reserve(void *want, uint64_t size, int huge) {
     return p;
 }
 
+/* The word in brackets in a sysfs setting such as "always [madvise] never", or "". */
+static void sysfs_choice(const char *path, char *out, size_t n) {
+    char buf[128] = {0};
+    out[0] = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return;
+    ssize_t got = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    char *l = got > 0 ? strchr(buf, '[') : NULL, *r = l ? strchr(l, ']') : NULL;
+    if (l && r && (size_t)(r - l - 1) < n) { memcpy(out, l + 1, r - l - 1); out[r - l - 1] = 0; }
+}
+
+/* RM_MODE_AUTO's choice (rm_loader.h): with defrag "madvise" or "always" a huge-page fault in
+   an madvised region compacts memory first, which stalled imports by hundreds of milliseconds
+   on a busy machine (BENCHMARKS.md); "defer" and "never" fall back to small pages at once. */
+int rm_huge_pages_safe(void) {
+    char enabled[32], defrag[32];
+    sysfs_choice("/sys/kernel/mm/transparent_hugepage/enabled", enabled, sizeof enabled);
+    sysfs_choice("/sys/kernel/mm/transparent_hugepage/defrag", defrag, sizeof defrag);
+    return (!strcmp(enabled, "always") || !strcmp(enabled, "madvise"))
+           && (!strcmp(defrag, "defer") || !strcmp(defrag, "never"));
+}
+
 /* ---- Opening ---------------------------------------------------------------------------- */
 rm_image *rm_open(const char *path, int mode, char *err, int errlen) {
     rm_image *img = NULL;
@@ -305,6 +335,8 @@ rm_image *rm_open(const char *path, int mode, char *err, int errlen) {
     img = calloc(1, sizeof *img);
     if (!img) FAIL("out of memory");
     img->fd = fd;
+    if (mode == RM_MODE_AUTO)
+        mode = rm_huge_pages_safe() ? RM_MODE_HUGE_PAGES : RM_MODE_SMALL_PAGES;
     img->mode = mode;
     img->size = st.st_size;
     img->preferred = rd64(hdr + RM_HDR_PREFERRED_BASE_OFF);
@@ -336,8 +368,9 @@ rm_image *rm_open(const char *path, int mode, char *err, int errlen) {
 #define SECTION_SIZE(k) rd64(hdr + RM_HDR_SECTION_SIZE_OFF(k))
     img->dir_off = SECTION_OFF(SEC_DIRECTORY);
     img->names_off = SECTION_OFF(SEC_NAMES);        img->names_size = SECTION_SIZE(SEC_NAMES);
-    img->lookup_off = SECTION_OFF(SEC_LOOKUP);
-    img->lookup_slots = SECTION_SIZE(SEC_LOOKUP) / RM_LOOKUP_BYTES;
+    img->lookup_off = SECTION_OFF(SEC_LOOKUP) + RM_LOOKUPHEAD_BYTES;
+    img->lookup_slots = (SECTION_SIZE(SEC_LOOKUP) - RM_LOOKUPHEAD_BYTES) / RM_LOOKUP_BYTES;
+    if (SECTION_SIZE(SEC_LOOKUP) < RM_LOOKUPHEAD_BYTES) FAIL("lookup table has a bad size");
     img->sidx_off = SECTION_OFF(SEC_STRING_INDEX);
     img->sheap_off = SECTION_OFF(SEC_STRING_HEAP);  img->sheap_size = SECTION_SIZE(SEC_STRING_HEAP);
     img->mheap_off = SECTION_OFF(SEC_MODULE_HEAP);  img->mheap_size = SECTION_SIZE(SEC_MODULE_HEAP);
@@ -440,6 +473,18 @@ int rm_entry(rm_image *img, unsigned int i, rm_entry_info *out, char *err, int e
    malformed image (message in err).  GIL held. */
 int rm__find(rm_image *img, const char *name, size_t len, char *err, int errlen) {
     uint64_t mask = img->lookup_slots - 1;
+    if (!img->lookup_checked) {   /* once: the whole table (a few pages) and its CRC */
+        uint64_t head = img->lookup_off - RM_LOOKUPHEAD_BYTES;
+        uint64_t size = img->lookup_slots * RM_LOOKUP_BYTES;
+        if (ensure(img, head, RM_LOOKUPHEAD_BYTES + size, PAGE_UNIT, err, errlen) < 0) return -2;
+        if (rd32(img->base + head + RM_LOOKUPHEAD_SLOTS_OFF) != img->lookup_slots
+            || crc32_update(0, img->base + img->lookup_off, size)
+               != rd32(img->base + head + RM_LOOKUPHEAD_CRC_OFF)) {
+            snprintf(err, errlen, "lookup table checksum mismatch");
+            return -2;
+        }
+        img->lookup_checked = 1;
+    }
     uint64_t at = crc32_update(0, (const unsigned char *)name, len) & mask;
     for (uint64_t probes = 0; probes <= mask; probes++, at = (at + 1) & mask) {
         uint64_t off = img->lookup_off + at * RM_LOOKUP_BYTES;

@@ -9,6 +9,10 @@ typedef struct rm_image rm_image;
 #define RM_MODE_HUGE_PAGES 0
 #define RM_MODE_SMALL_PAGES 1
 #define RM_MODE_FILE_MAPPING 2
+/* RM_MODE_AUTO: huge pages where a huge-page fault cannot stall on compaction (transparent huge
+ * pages enabled, and "defrag" set so that madvised regions do not compact synchronously:
+ * "defer" or "never"), small pages otherwise. */
+#define RM_MODE_AUTO 3
 
 typedef struct {
     unsigned int flags;
@@ -34,6 +38,7 @@ int rm_find(rm_image *img, const char *name, size_t len, char *err, int errlen);
 unsigned int rm_crc32(unsigned int crc, const unsigned char *p, size_t n);
 int rm_crc32_uses_clmul(void);
 unsigned long rm_python_version(void);
+int rm_huge_pages_safe(void);
 
 /* rm_import.c: the methods the import system calls (find_spec, get_code) are C methods,
  * installed on the Python classes; Python objects cross by address (id()), since cffi has no
