@@ -199,7 +199,7 @@ def assemble_image(names, modules, strings, encode_segment, optimize):
 
 
 # ---------------------------------------------------------------------------------------
-# Reading: every check a reader makes of the container ([HDR-*], [SEC-*], [DIR-*], [REL-*]).
+# Reading: every check a reader makes of the container ([HDR-*], [SEC-*], [DIR-*], [NAM-1], [LKP-*], [SEG-*]).
 
 def check(cond, what):
     """Raise ImageError(what) unless cond."""

@@ -7,7 +7,7 @@ Every number here is normative (spec section 6 is generated from these tables by
 
 ``type``     the object's type code (spec 5.2); the loader writes the running interpreter's type
 ``refcnt``   the layout's ``refcnt`` constant
-``ref``      a pointer to another object: a relocation record says what it points to
+``ref``      a pointer to another object: a tagged word says what it points to
 ``value``    a value taken from the object as the compiler created it
 ``derived``  a value CPython computes when it creates the object; stored as computed
 ``reset``    the value a freshly created object has (named by ``fresh``); stored as that

@@ -17,7 +17,7 @@ from refmarshal import layouts as L  # noqa: E402
 RULES = {
     "type": "type code (5.2); loader writes the type",
     "refcnt": "layout refcount constant",
-    "ref": "pointer; relocation record (5.3)",
+    "ref": "pointer; a tagged word (5.3)",
     "value": "value of the compiled object",
     "derived": "computed as init_code() does (6.4)",
     "loader": "0; the loader fills it in (8)",
