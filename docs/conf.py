@@ -14,7 +14,10 @@ html_theme = "alabaster"
 html_theme_options = {
     "description": "Fast Python imports from one image of native-layout code objects",
     "fixed_sidebar": True,
+    "page_width": "1180px",      # room for 100-column code blocks and command output
+    "sidebar_width": "230px",
 }
+highlight_language = "text"      # "::" blocks are output and messages, not Python
 html_static_path = []
 nitpicky = False
 
