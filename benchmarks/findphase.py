@@ -17,7 +17,8 @@ Every replay's specs must have the origins of the recording, in both arms (a mis
 reported and fails the run).  What replay leaves out, in both arms alike: the module bodies
 between the calls (so caches are warmer than in a real import) and what those bodies do to
 sys.path, sys.meta_path or sys.path_hooks (botocore's vendored six appends a finder to
-sys.meta_path, which stock consults only after PathFinder failed).
+sys.meta_path, which stock consults only after PathFinder failed: specs it gave in the
+recording are not compared).
 
 Reported per statement: medians of the rounds (ms) for the first call, the rest and the whole,
 the spread (min-max), and image / stock.
@@ -42,14 +43,23 @@ orig = b._find_spec
 calls = []
 def _find_spec(name, path, target=None):
     spec = orig(name, path, target)
-    calls.append((name, None if path is None else list(path),
-                  None if spec is None else str(spec.origin)))
+    calls.append([name, None if path is None else list(path), spec])
     return spec
+before = list(sys.meta_path)
 b._find_spec = _find_spec
 try:
     exec(stmt)
 finally:
     b._find_spec = orig
+# a spec from a finder the statement put on sys.meta_path (botocore's vendored six) cannot
+# be replayed: "?" accepts whatever replay finds
+added = [f for f in sys.meta_path if f not in before]
+for c in calls:
+    spec = c[2]
+    outside = spec is not None and any(spec.loader is f or type(spec.loader) is type(f)
+                                       for f in added)
+    c[2] = "?" if outside else None if spec is None else str(spec.origin)
+calls = [tuple(c) for c in calls]
 with open(out, "wb") as fh:
     marshal.dump(calls, fh)
 '''
@@ -131,8 +141,9 @@ def main(argv=None):
             for r in range(opts.rounds):
                 for stock in ((True, False) if r % 2 == 0 else (False, True)):
                     first, rest, origins = replay(python, calls_file, stock, cwd)
-                    if origins != want:
-                        bad = [(c[0], o, w) for c, o, w in zip(calls, origins, want) if o != w]
+                    bad = [(c[0], o, w) for c, o, w in zip(calls, origins, want)
+                           if o != w and w != "?"]
+                    if bad or len(origins) != len(want):
                         print(f"{stmt}: {'stock' if stock else 'image'} replay found other "
                               f"specs than the recording, e.g. {bad[:3]}", file=sys.stderr)
                         failed = True
