@@ -24,6 +24,8 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <errno.h>
+#include <unistd.h>
 
 #include "rm_common.h"
 #include "rm_loader.h"
@@ -48,6 +50,19 @@ typedef struct {
 enum { IO_IMAGE, IO_FAILED, IO_PATH_FINDER, IO_SOURCE_LOADER, IO_LOADER_TYPE, IO_ON_ERROR,
        IO_FILE_FINDER, IO_SPEC_FROM_FILE, IO_PATH_STAT, IO_VALIDATED, IO_COUNT };
 
+/* How stock import fills an object it makes (learnt once from stock itself, see learn):
+   the type, then each attribute of its __dict__ in stock's order, set from what the caller
+   gives (the module's name, loader, file, package path) or to a constant. */
+enum { V_NAME, V_LOADER, V_ORIGIN, V_SMSL, V_CONST, V_NEW_LIST, V_COUNT };
+#define MAX_ATTRS 16
+typedef struct {
+    PyTypeObject *type;       /* strong */
+    int n;
+    PyObject *key[MAX_ATTRS]; /* strong */
+    int kind[MAX_ATTRS];
+    PyObject *value[MAX_ATTRS];   /* V_CONST: None, True or False (immortal enough: strong) */
+} made_like;
+
 typedef struct {              /* rm_hook.priv */
     image_ref *image;
     PyObject *obj[IO_COUNT];  /* strong references:
@@ -62,7 +77,24 @@ typedef struct {              /* rm_hook.priv */
         IO_PATH_STAT      importlib's _path_stat
         IO_VALIDATED      set: FileFinders whose listing was checked against their directory in
                           this process (emptied by ImageFinder.invalidate_caches) */
+    int learnt;               /* the templates below: 0 not yet learnt, 1 usable, -1 not */
+    made_like spec_tmpl[2];   /* a module's spec, a package's */
+    made_like loader_tmpl;    /* an ImageLoader */
 } hook_priv;
+
+/* Attribute names the hot path uses, interned once (rm_hook_new). */
+static PyObject *s_hook, *s_spec, *s_path, *s_path_cache, *s_loaders, *s_find_spec;
+
+static int intern_names(void) {
+    if (s_find_spec) return 0;
+    struct { PyObject **slot; const char *text; } names[] = {
+        {&s_hook, "_hook"}, {&s_spec, "_spec"}, {&s_path, "path"},
+        {&s_path_cache, "_path_cache"}, {&s_loaders, "_loaders"}, {&s_find_spec, "find_spec"}};
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++)
+        if (!*names[i].slot && !(*names[i].slot = PyUnicode_InternFromString(names[i].text)))
+            return -1;
+    return 0;
+}
 
 /* ---- Small helpers ----------------------------------------------------------------------- */
 static void *capsule_of(PyObject *self, const char *attr, const char *kind) {
@@ -186,6 +218,108 @@ done:
     return result;
 }
 
+/* ---- Making specs and loaders as stock does, without running Python ---------------------- *
+ * Stock FileFinder makes a module's spec with spec_from_file_location(name, file,
+ * loader=SourceFileLoader(name, file), submodule_search_locations=None or [its directory]):
+ * Python frames that set attributes.  learn() watches stock do it once per finder, for a
+ * module and a package, with probe objects, and records the type and each attribute of the
+ * result's __dict__ in order: one of the probes (name, loader, file, package path), None,
+ * True, False or a new empty list.  make_like() then makes the same object with the type's
+ * tp_new (object's: no __new__, no __init__ run) and the same attributes in the same order.
+ * When anything about the result does not fit (another __new__ or __setattr__, another kind
+ * of value, a result that make_like does not reproduce), stock's function is called as
+ * before. */
+static PyObject *empty_tuple;
+
+static void made_like_clear(made_like *m) {
+    Py_CLEAR(m->type);
+    for (int i = 0; i < m->n; i++) { Py_CLEAR(m->key[i]); Py_CLEAR(m->value[i]); }
+    m->n = 0;
+}
+
+/* 1 learnt, 0 obj has a shape make_like cannot copy, -1 error. */
+static int learn_one(made_like *m, PyObject *obj, PyObject *const given[V_CONST]) {
+    PyTypeObject *t = Py_TYPE(obj);
+    if (t->tp_new != PyBaseObject_Type.tp_new || t->tp_setattro != PyObject_GenericSetAttr)
+        return 0;
+    PyObject *d = PyObject_GenericGetDict(obj, NULL), *k, *v;
+    if (!d) return -1;
+    int ok = PyDict_CheckExact(d) && PyDict_GET_SIZE(d) <= MAX_ATTRS;
+    Py_ssize_t pos = 0;
+    m->type = (PyTypeObject *)Py_NewRef(t);
+    m->n = 0;
+    while (ok && PyDict_Next(d, &pos, &k, &v)) {
+        int kind = -1;
+        for (int g = 0; g < V_CONST && kind < 0; g++)
+            if (given[g] && v == given[g]) kind = g;
+        if (kind < 0 && (v == Py_None || v == Py_True || v == Py_False)) kind = V_CONST;
+        if (kind < 0 && PyList_CheckExact(v) && PyList_GET_SIZE(v) == 0) kind = V_NEW_LIST;
+        if (kind < 0 || !PyUnicode_CheckExact(k)) { ok = 0; break; }
+        m->key[m->n] = Py_NewRef(k);
+        m->value[m->n] = kind == V_CONST ? Py_NewRef(v) : NULL;
+        m->kind[m->n++] = kind;
+    }
+    Py_DECREF(d);
+    if (!ok) made_like_clear(m);
+    return ok;
+}
+
+static PyObject *make_like(const made_like *m, PyObject *const given[V_CONST]) {
+    PyObject *obj = m->type->tp_new(m->type, empty_tuple, NULL);
+    for (int i = 0; obj && i < m->n; i++) {
+        int kind = m->kind[i];
+        PyObject *v = kind == V_CONST ? Py_NewRef(m->value[i])
+                      : kind == V_NEW_LIST ? PyList_New(0) : Py_XNewRef(given[kind]);
+        if (!v || PyObject_SetAttr(obj, m->key[i], v) < 0) Py_CLEAR(obj);
+        Py_XDECREF(v);
+    }
+    return obj;
+}
+
+/* 1 when make_like gives what stock gave: the same attributes, in the same order, equal. */
+static int made_alike(const made_like *m, PyObject *stock, PyObject *const given[V_CONST]) {
+    PyObject *ours = make_like(m, given);
+    PyObject *d1 = ours ? PyObject_GenericGetDict(ours, NULL) : NULL;
+    PyObject *d2 = d1 ? PyObject_GenericGetDict(stock, NULL) : NULL;
+    PyObject *k1 = d2 ? PyDict_Keys(d1) : NULL, *k2 = k1 ? PyDict_Keys(d2) : NULL;
+    int same = k2 && Py_TYPE(ours) == Py_TYPE(stock)
+               && PyObject_RichCompareBool(k1, k2, Py_EQ) == 1
+               && PyObject_RichCompareBool(d1, d2, Py_EQ) == 1;
+    Py_XDECREF(ours); Py_XDECREF(d1); Py_XDECREF(d2); Py_XDECREF(k1); Py_XDECREF(k2);
+    return same;
+}
+
+/* 1 when the templates are usable; learnt once per finder, with no exception left set. */
+static int learn(hook_priv *p) {
+    if (p->learnt) return p->learnt;
+    p->learnt = -1;
+    if (!empty_tuple && !(empty_tuple = PyTuple_New(0))) { PyErr_Clear(); return -1; }
+    PyObject *name = PyUnicode_FromString("refmarshal_probe.m");
+    PyObject *dir = PyUnicode_FromString("/refmarshal-probe/m");
+    PyObject *origin = PyUnicode_FromString("/refmarshal-probe/m/__init__.py");
+    PyObject *loader = name && dir && origin
+        ? PyObject_CallFunctionObjArgs(p->obj[IO_LOADER_TYPE], name, origin, NULL) : NULL;
+    PyObject *given[V_CONST] = {name, NULL, origin, NULL};
+    int ok = loader && learn_one(&p->loader_tmpl, loader, given) == 1
+             && made_alike(&p->loader_tmpl, loader, given);
+    given[V_LOADER] = loader;
+    for (int pkg = 0; ok && pkg < 2; pkg++) {
+        PyObject *smsl = pkg ? Py_BuildValue("[O]", dir) : Py_NewRef(Py_None);
+        PyObject *args = smsl ? PyTuple_Pack(2, name, origin) : NULL;
+        PyObject *kw = args ? Py_BuildValue("{sOsO}", "loader", loader,
+                                            "submodule_search_locations", smsl) : NULL;
+        PyObject *spec = kw ? PyObject_Call(p->obj[IO_SPEC_FROM_FILE], args, kw) : NULL;
+        given[V_SMSL] = pkg ? smsl : NULL;
+        ok = spec && learn_one(&p->spec_tmpl[pkg], spec, given) == 1
+             && made_alike(&p->spec_tmpl[pkg], spec, given);
+        Py_XDECREF(smsl); Py_XDECREF(args); Py_XDECREF(kw); Py_XDECREF(spec);
+    }
+    Py_XDECREF(name); Py_XDECREF(dir); Py_XDECREF(origin); Py_XDECREF(loader);
+    PyErr_Clear();
+    if (ok) p->learnt = 1;
+    return p->learnt;
+}
+
 /* ---- Finding without PathFinder --------------------------------------------------------- *
  * For a module the image holds, the spec stock import would produce, made without walking the
  * path through PathFinder when the walk's outcome can be proven: every path entry before the
@@ -241,11 +375,23 @@ static int validate_listing(hook_priv *p, PyObject *finder, PyObject *dir) {
 /* The finder stock import uses for a path entry (a new reference): sys.path_importer_cache's,
    else what PathFinder._path_importer_cache makes (and caches) for it. */
 static PyObject *entry_finder(hook_priv *p, PyObject *entry) {
-    PyObject *cache = PySys_GetObject("path_importer_cache");
-    if (PyUnicode_GET_LENGTH(entry) > 0 && cache && PyDict_CheckExact(cache)) {
-        PyObject *f = PyDict_GetItemWithError(cache, entry);
+    PyObject *cache = PySys_GetObject("path_importer_cache"), *key = Py_NewRef(entry);
+    if (PyUnicode_GET_LENGTH(entry) == 0) {
+        /* '': the current directory, as os.getcwd() names it; none when it is gone (stock
+           does not cache that).  Other failures: PathFinder's own code decides. */
+        char buf[4096];
+        Py_CLEAR(key);
+        if (getcwd(buf, sizeof buf)) key = PyUnicode_DecodeFSDefault(buf);
+        else if (errno == ENOENT) return Py_NewRef(Py_None);
+        if (!key) PyErr_Clear();
+    }
+    if (key && cache && PyDict_CheckExact(cache)) {
+        PyObject *f = PyDict_GetItemWithError(cache, key);
+        Py_DECREF(key);
         if (f) return Py_NewRef(f);
         if (PyErr_Occurred()) return NULL;
+    } else {
+        Py_XDECREF(key);
     }
     return PyObject_CallMethod(p->obj[IO_PATH_FINDER], "_path_importer_cache", "O", entry);
 }
@@ -262,12 +408,12 @@ typedef struct {              /* what the image recorded for the module */
 static int look_in(hook_priv *p, PyObject *finder, const recorded *rec, PyObject **full) {
     int rc = -1, own;
     PyObject *cache = NULL, *loaders = NULL, *base = NULL;
-    PyObject *dir = PyObject_GetAttrString(finder, "path");
+    PyObject *dir = PyObject_GetAttr(finder, s_path);
     if (!dir) goto done;
     if (!PyUnicode_Check(dir)) { rc = 0; goto done; }
     if (validate_listing(p, finder, dir) < 0) goto done;      /* may refill _path_cache */
-    cache = PyObject_GetAttrString(finder, "_path_cache");
-    loaders = cache ? PyObject_GetAttrString(finder, "_loaders") : NULL;
+    cache = PyObject_GetAttr(finder, s_path_cache);
+    loaders = cache ? PyObject_GetAttr(finder, s_loaders) : NULL;
     if (!loaders) goto done;
     if (!PyAnySet_Check(cache) || !PyList_Check(loaders)) { rc = 0; goto done; }
     own = PyUnicode_Compare(dir, rec->dir) == 0;
@@ -381,18 +527,30 @@ static int find_directly(rm_hook *h, PyObject *hook_cap, PyObject *fullname, PyO
     Py_DECREF(fs);
     if (!same) goto done;                       /* stale or gone: PathFinder and stock */
     rc = -1;
-    loader = PyObject_CallFunctionObjArgs(p->obj[IO_LOADER_TYPE], fullname, full, NULL);
-    if (!loader || PyObject_SetAttrString(loader, "_hook", hook_cap) < 0) goto done;
+    /* stock's spec_from_file_location leaves an absolute file name as it is */
+    int templated = learn(p) > 0 && PyUnicode_READ_CHAR(full, 0) == '/';
+    PyObject *given[V_CONST] = {fullname, NULL, full, NULL};
+    loader = templated ? make_like(&p->loader_tmpl, given)
+                       : PyObject_CallFunctionObjArgs(p->obj[IO_LOADER_TYPE], fullname, full,
+                                                      NULL);
+    if (!loader || PyObject_SetAttr(loader, s_hook, hook_cap) < 0) goto done;
     PyObject *base = rec.package ? path_join(rec.dir, rec.tail) : NULL;   /* its __path__ */
     PyObject *smsl = !rec.package ? Py_NewRef(Py_None) : base ? Py_BuildValue("[O]", base) : NULL;
     Py_XDECREF(base);
-    PyObject *args = smsl ? PyTuple_Pack(2, fullname, full) : NULL;
-    PyObject *kw = args ? Py_BuildValue("{sOsO}", "loader", loader,
-                                        "submodule_search_locations", smsl) : NULL;
-    *out = kw ? PyObject_Call(p->obj[IO_SPEC_FROM_FILE], args, kw) : NULL;
-    Py_XDECREF(smsl); Py_XDECREF(args); Py_XDECREF(kw);
+    if (smsl && templated) {
+        given[V_LOADER] = loader;
+        given[V_SMSL] = smsl;
+        *out = make_like(&p->spec_tmpl[rec.package], given);
+    } else if (smsl) {
+        PyObject *args = PyTuple_Pack(2, fullname, full);
+        PyObject *kw = args ? Py_BuildValue("{sOsO}", "loader", loader,
+                                            "submodule_search_locations", smsl) : NULL;
+        *out = kw ? PyObject_Call(p->obj[IO_SPEC_FROM_FILE], args, kw) : NULL;
+        Py_XDECREF(args); Py_XDECREF(kw);
+    }
+    Py_XDECREF(smsl);
     if (!*out) goto done;
-    if (PyObject_SetAttrString(loader, "_spec", *out) < 0) { Py_CLEAR(*out); goto done; }
+    if (PyObject_SetAttr(loader, s_spec, *out) < 0) { Py_CLEAR(*out); goto done; }
     h->direct++;
     rc = 1;
 done:
@@ -415,7 +573,7 @@ static PyObject *finder_find_spec(PyObject *self, PyObject *const *args, Py_ssiz
     PyObject *a[3] = {NULL, Py_None, Py_None};
     if (parse_args("find_spec", args, nargs, kwnames, names, 3, 1, a) < 0) return NULL;
     PyObject *fullname = a[0];
-    PyObject *cap = PyObject_GetAttrString(self, "_hook");
+    PyObject *cap = PyObject_GetAttr(self, s_hook);
     if (!cap) return NULL;
     PyObject *result = NULL, *spec = NULL;
     rm_hook *h = PyCapsule_GetPointer(cap, HOOK_CAPSULE);
@@ -442,7 +600,7 @@ static PyObject *finder_find_spec(PyObject *self, PyObject *const *args, Py_ssiz
     }
     int direct = find_directly(h, cap, fullname, a[1], &info, &result);
     if (direct > 0 || (direct < 0 && !stepped_aside())) goto done;
-    PyObject *find = PyObject_GetAttrString(p->obj[IO_PATH_FINDER], "find_spec");
+    PyObject *find = PyObject_GetAttr(p->obj[IO_PATH_FINDER], s_find_spec);
     if (!find) goto done;
     spec = PyObject_CallFunctionObjArgs(find, fullname, a[1], a[2], NULL);
     Py_DECREF(find);
@@ -625,8 +783,12 @@ int rm_image_capsule(rm_image *img, void *io) {
 }
 
 static void hook_free(rm_hook *h, hook_priv *p) {
-    if (p)
+    if (p) {
         for (int i = 0; i < IO_COUNT; i++) Py_XDECREF(p->obj[i]);
+        made_like_clear(&p->spec_tmpl[0]);
+        made_like_clear(&p->spec_tmpl[1]);
+        made_like_clear(&p->loader_tmpl);
+    }
     free(p);
     free(h);
 }
@@ -645,7 +807,9 @@ rm_hook *rm_hook_new(int checked, void *io) {
     PyObject *list = (PyObject *)io, *cap = NULL;
     rm_hook *h = calloc(1, sizeof *h);
     hook_priv *p = calloc(1, sizeof *p);
-    if (!h || !p || !PyList_Check(list) || PyList_GET_SIZE(list) != IO_COUNT) goto fail;
+    if (!h || !p || !PyList_Check(list) || PyList_GET_SIZE(list) != IO_COUNT
+        || intern_names() < 0)
+        goto fail;
     p->image = capsule_of(PyList_GET_ITEM(list, IO_IMAGE), "_capsule", IMAGE_CAPSULE);
     if (!p->image || !PySet_Check(PyList_GET_ITEM(list, IO_FAILED))
         || !PySet_Check(PyList_GET_ITEM(list, IO_VALIDATED)))

@@ -41,6 +41,7 @@ class Run:
     repeats: int = 1            # runs made of each kind; this one is the fastest timed run
     image_active: bool = False
     install_time: float = 0.0   # installing the image finder, before the target started
+    find_overhead: float = 0.0  # the profiler's own share of each module's find figure (s)
     version: str = ""
     importtime: dict = field(default_factory=dict)  # name -> cumulative from -X importtime
 
@@ -93,6 +94,7 @@ class Run:
             "run": self.label, "python": self.version, "status": self.status,
             "message": self.message, "image_active": self.image_active,
             "install_seconds": self.install_time,
+            "find_overhead_seconds": self.find_overhead,
             "target_seconds": self.target_time,
             "uninstrumented_target_seconds": self.plain_target_time,
             "target_cpu_seconds": self.target_cpu,
@@ -128,4 +130,5 @@ def from_collect(data, label):
                exit_code=data["exit_code"], target_time=data["target_ns"] * ns,
                target_cpu=data["target_cpu_ns"] * ns,
                image_active=data["image_active"], install_time=data["install_ns"] * ns,
+               find_overhead=data.get("find_overhead_ns", 0) * ns,
                version=data["version"]).link_children()

@@ -89,6 +89,13 @@ def summary(runs):
                      f"{ms(image.install_time)} ms before the target started (not counted above; "
                      "the .pth hook pays it at a process's first import)")
     for r in runs:
+        searched = sum(1 for m in r.modules if m.find)
+        if r.find_overhead and searched:
+            lines.append(f"find ({RUN_TITLES[r.label]}): {ms(r.phase_total('find'))} ms, of "
+                         f"which the profiler's own hook about {r.find_overhead * 1e6:.2f} us "
+                         f"a module ({ms(r.find_overhead * searched)} ms; measured, not "
+                         "subtracted)")
+    for r in runs:
         if r.plain_target_time:
             lines.append(f"profiler overhead ({RUN_TITLES[r.label]}): "
                          f"{_overhead(r.target_time, r.plain_target_time)} wall, "
