@@ -39,6 +39,8 @@ unsigned int rm_crc32(unsigned int crc, const unsigned char *p, size_t n);
 int rm_crc32_uses_clmul(void);
 unsigned long rm_python_version(void);
 int rm_huge_pages_safe(void);
+unsigned int rm_code_version(void *code);
+int rm_code_counter_found(void);
 
 /* rm_import.c: the methods the import system calls (find_spec, get_code) are C methods,
  * installed on the Python classes; Python objects cross by address (id()), since cffi has no
