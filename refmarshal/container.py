@@ -48,7 +48,7 @@ class EncodedSegment(NamedTuple):
 
 def string_order(per_module):
     """[STR-2] The string table's keys in index order, from each module's string keys in order
-    of first use (``per_module`` in directory order): the strings two or more modules use,
+    of first use (``per_module`` in placement order): the strings two or more modules use,
     then the others, each group in order of first use over all modules.  (A module's strings
     then lie together, not scattered among other modules' strings: a loader reads less.)"""
     first = {}
@@ -65,6 +65,21 @@ def string_order(per_module):
 def sorted_names(modules):
     """[DIR-2] module names in directory order: by their UTF-8 bytes."""
     return sorted(modules, key=lambda n: n.encode("utf-8"))
+
+
+def is_test_module(name):
+    """[DIR-4] A test module: a name component after the first is ``test`` or ``tests`` or
+    starts with ``test_``."""
+    return any(part in ("test", "tests") or part.startswith("test_")
+               for part in name.split(".")[1:])
+
+
+def placement_order(names):
+    """[DIR-4] The directory indices of ``names`` (in directory order) in the order their
+    blocks lie in the module heap: every module that is not a test module, then the test
+    modules, each group in directory order, so that a package's modules lie together, not
+    interleaved with its tests."""
+    return sorted(range(len(names)), key=lambda i: is_test_module(names[i]))
 
 
 def tag_word(value, kind):
@@ -154,10 +169,12 @@ def assemble_image(names, modules, strings, encode_segment, optimize):
         sheap += s.data
     mheap_off = F.align(sheap_off + len(sheap), F.PAGE)
 
-    # The module heap: each module's block, its segment then its bitmap ([SEG-1]).
+    # The module heap: each module's block, its segment then its bitmap ([SEG-1]), in
+    # placement order ([DIR-4]); the directory stays in name order.
     mheap = bytearray()
-    entries = []
-    for i, (n, (noff, nlen, poff, plen)) in enumerate(zip(names, name_refs)):
+    entries = [None] * len(names)
+    for i in placement_order(names):
+        n, (noff, nlen, poff, plen) = names[i], name_refs[i]
         m = modules[n]
         seg_off = mheap_off + len(mheap)
         seg = encode_segment(i, seg_off, base)
@@ -169,7 +186,7 @@ def assemble_image(names, modules, strings, encode_segment, optimize):
         body = F.MODULE_RECORD.pack(entry_crc=0, **fields)
         entry_crc = F.crc32(body[F.MODULE_RECORD.offset("flags"):], blob[noff:noff + nlen],
                             blob[poff:poff + plen])
-        entries.append(F.MODULE_RECORD.pack(entry_crc=entry_crc, **fields))
+        entries[i] = F.MODULE_RECORD.pack(entry_crc=entry_crc, **fields)
         mheap += seg.data
         mheap += seg.bitmap
     file_size = mheap_off + len(mheap)
@@ -261,7 +278,7 @@ def read_directory(mem, header):
     sections = header["sections"]
     moff, msize = sections[F.SEC_MODULE_HEAP]
     entries, prev = [], None
-    next_block, next_name = moff, 0
+    next_name = 0
     for i in range(header["modules"]):
         e, n_off, p_off = read_entry(mem, sections, i)
         name_b = e.name.encode("utf-8")
@@ -272,7 +289,6 @@ def read_directory(mem, header):
         check(n_off == next_name and p_off == n_off + len(name_b),
               f"{where}: name and path are not next in the names section ([NAM-1])")
         next_name = p_off + len(os.fsencode(e.path))
-        check(e.seg_off == next_block, f"{where}: block does not follow the previous one")
         check(e.seg_size % F.ALIGN == 0 and e.seg_off + e.block_size <= moff + msize,
               f"{where}: segment outside the module heap")
         check(e.root % F.ALIGN == 0 and e.root < e.seg_size,
@@ -280,8 +296,12 @@ def read_directory(mem, header):
         stem = os.path.basename(e.path).partition(".")[0]
         check(e.is_package == (stem == "__init__"), f"{where}: package flag does not match "
               "the source file's name")
-        next_block = e.seg_off + e.block_size
         entries.append(e)
+    next_block = moff
+    for i in placement_order([e.name for e in entries]):
+        check(entries[i].seg_off == next_block, f"directory entry {i}: block is not where "
+              "placement order puts it ([DIR-4])")
+        next_block += entries[i].block_size
     check(next_block == moff + msize, "module heap bytes not owned by a module")
     check(next_name == sections[F.SEC_NAMES][1], "names section bytes not owned by a module")
     loff, lsize = sections[F.SEC_LOOKUP]

@@ -11,7 +11,7 @@ import struct
 
 from . import format as F
 from .container import EncodedSegment, StoredString, assemble_image, pack_bitmap, \
-    sorted_names, string_order, tag_word
+    placement_order, sorted_names, string_order, tag_word
 from .errors import ImageError
 from .graph import Code, FrozenSet, Str, parse_marshal, walk_code, walk_nodes
 from .objects import STR_HEAD_FORMAT, derived_code_fields, int_digits, reset_value, str_kind
@@ -241,7 +241,7 @@ def encode_image(layout, modules, optimize):
         seg = _Segment(layout, {})
         seg.place(modules[n].code)
         segments.append(seg)
-    keys = string_order(seg.strings for seg in segments)                # [STR-2]
+    keys = string_order(segments[i].strings for i in placement_order(names))   # [STR-2]
     index = {k: i for i, k in enumerate(keys)}
     for seg in segments:
         seg.strings = index

@@ -60,7 +60,7 @@ def _encode_image(layout, modules, optimize):
             for k, v in own.items():
                 found.setdefault(k, v)
             used.append(own)
-        keys = C.string_order(used)                                 # [STR-2]
+        keys = C.string_order(used[i] for i in C.placement_order(names))   # [STR-2]
         index = {k: i for i, k in enumerate(keys)}
         strings = _encode_strings([found[k] for k in keys], err)
 
