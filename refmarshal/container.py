@@ -46,11 +46,11 @@ class EncodedSegment(NamedTuple):
 # ---------------------------------------------------------------------------------------
 # Writing.
 
-def string_order(per_module):
-    """[STR-2] The string table's keys in index order, from each module's string keys in order
-    of first use (``per_module`` in placement order): the strings two or more modules use,
-    then the others, each group in order of first use over all modules.  (A module's strings
-    then lie together, not scattered among other modules' strings: a loader reads less.)"""
+def split_strings(per_module):
+    """[STR-2], [SEG-5] From each module's interned-string keys in order of first use
+    (``per_module``, a list in placement order): (the string table's keys in index order: the
+    strings two or more modules use, in order of first use over all modules; for each module,
+    the keys only it uses, in its order of first use: they go at the end of its segment)."""
     first = {}
     shared = set()
     for keys in per_module:
@@ -59,7 +59,8 @@ def string_order(per_module):
                 shared.add(k)
             else:
                 first[k] = None
-    return [k for k in first if k in shared] + [k for k in first if k not in shared]
+    return ([k for k in first if k in shared],
+            [[k for k in keys if k not in shared] for keys in per_module])
 
 
 def sorted_names(modules):
@@ -85,7 +86,7 @@ def placement_order(names):
 def tag_word(value, kind):
     """[SEG-3] A tagged word: ``value`` (an address for PTR and FROZENSET, else an id or index)
     with the tag ``kind`` in its low bits."""
-    return value | kind if kind in (F.R_PTR, F.R_FROZENSET) else (value << F.TAG_BITS) | kind
+    return value | kind if kind in F.ADDRESS_TAGS else (value << F.TAG_BITS) | kind
 
 
 def pack_bitmap(seg_size, slots):
@@ -331,8 +332,7 @@ def read_tagged_words(seg, bitmap):
         w = int.from_bytes(seg[slot * 8:slot * 8 + 8], "little")
         kind = w & F.TAG_MASK
         check(kind < F.R_KINDS, f"word {slot}: unknown tag {kind}")
-        words[slot] = (kind, w & ~F.TAG_MASK if kind in (F.R_PTR, F.R_FROZENSET)
-                       else w >> F.TAG_BITS)
+        words[slot] = (kind, w & ~F.TAG_MASK if kind in F.ADDRESS_TAGS else w >> F.TAG_BITS)
     return words
 
 

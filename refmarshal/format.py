@@ -145,8 +145,9 @@ MOD_PACKAGE = 0x1                # directory entry flags (spec 3.1)
 STR_INTERNED = 0x1               # string index entry flags (spec 4.1)
 
 # Tags of tagged words: spec 5.3.  PTR is 0, so a pointer word holds the plain address.
-RELOC_KIND_NAMES = ("PTR", "TYPE", "CONST", "STR", "FROZENSET")
-R_PTR, R_TYPE, R_CONST, R_STR, R_FROZENSET = range(len(RELOC_KIND_NAMES))
+RELOC_KIND_NAMES = ("PTR", "TYPE", "CONST", "STR", "FROZENSET", "LSTR")
+R_PTR, R_TYPE, R_CONST, R_STR, R_FROZENSET, R_LSTR = range(len(RELOC_KIND_NAMES))
+ADDRESS_TAGS = (R_PTR, R_FROZENSET, R_LSTR)     # tags whose word keeps an address
 R_KINDS = len(RELOC_KIND_NAMES)
 BITMAP_COVER = 64 * ALIGN        # [SEG-2] segment bytes one 8-byte bitmap word covers
 

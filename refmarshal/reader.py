@@ -147,6 +147,7 @@ class _ModuleParser:
         self.words = read_tagged_words(self.seg, bitmap)   # slot word -> (kind, value)
         self.used = set()
         self.memo = {}
+        self.reached_as = {}     # offset -> reached by LSTR words (True) or others (False)
         self.base = image.header["base"]
 
     def parse(self):
@@ -166,7 +167,7 @@ class _ModuleParser:
 
     def ref(self, off, depth):
         """The node a pointer slot refers to."""
-        kind, value = self.tagged(off, (F.R_CONST, F.R_STR, F.R_PTR, F.R_FROZENSET))
+        kind, value = self.tagged(off, (F.R_CONST, F.R_STR, F.R_PTR, F.R_FROZENSET, F.R_LSTR))
         if kind == F.R_CONST:
             try:
                 return _const_node(F.singleton(value))
@@ -177,6 +178,22 @@ class _ModuleParser:
         target = value - self.base - self.e.seg_off
         _check(0 <= target < self.e.seg_size, f"slot at {off}: pointer {value:#x} outside the segment")
         node = self.obj(target, depth + 1)
+        # [SEG-5] an object is reached either as an interned string (LSTR) or as an ordinary
+        # object (PTR, FROZENSET), never both
+        how = self.reached_as.setdefault(target, kind == F.R_LSTR)
+        _check(how == (kind == F.R_LSTR), f"slot at {off}: object at {target} is reached both "
+               "as an interned string and otherwise")
+        if type(node) is Str and kind != F.R_LSTR:      # [OBJ-5]
+            _check(F.singleton_id(node.value) is None,
+                   f"str at {target}: a singleton stored as an object")
+        if kind == F.R_LSTR:
+            _check(type(node) is Str, f"slot at {off}: LSTR word does not point at a string")
+            _check(F.singleton_id(node.value) is None or len(node.value) == 1,
+                   f"str at {target}: a singleton stored as an object")
+            key = ("lstr", target)
+            if key not in self.memo:
+                self.memo[key] = Str(node.value, True)
+            return self.memo[key]
         if kind == F.R_FROZENSET:
             _check(type(node) is tuple, f"slot at {off}: frozenset source is not a tuple")
             key = ("frozenset", target)
@@ -211,9 +228,7 @@ class _ModuleParser:
         size = str_size(self.L, self.seg[off:off + 40])
         _check(size > 0, f"str at {off}: bad length or kind")
         self.need(off, size, "str")
-        value = decode_str(self.L, self.seg[off:off + size], f"str at {off}")
-        _check(F.singleton_id(value) is None, f"str at {off}: a singleton stored as an object")
-        return Str(value, False)
+        return Str(decode_str(self.L, self.seg[off:off + size], f"str at {off}"), False)
 
     def parse_tuple(self, off, depth):
         _check(off >= self.L.gc_head and self.seg[off - 16:off] == bytes(16),

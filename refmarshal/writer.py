@@ -11,7 +11,7 @@ import struct
 
 from . import format as F
 from .container import EncodedSegment, StoredString, assemble_image, pack_bitmap, \
-    placement_order, sorted_names, string_order, tag_word
+    placement_order, sorted_names, split_strings, tag_word
 from .errors import ImageError
 from .graph import Code, FrozenSet, Str, parse_marshal, walk_code, walk_nodes
 from .objects import STR_HEAD_FORMAT, derived_code_fields, int_digits, reset_value, str_kind
@@ -68,6 +68,7 @@ class _Segment:
     def __init__(self, layout, strings):
         self.layout = layout
         self.strings = strings       # interned Str.key() -> string index, filled in later
+        self.local = {}              # interned Str.key() -> offset of its object here ([SEG-5])
         self.placed = {}             # id(node) -> offset of the PyObject in the segment
         self.order = []              # (node, offset of the PyObject), in placement order
         self.size = 0
@@ -92,6 +93,15 @@ class _Segment:
         self.keep.append(v)
         for child in self._children(v):
             self.place(child)
+
+    def place_local(self, keys):
+        """[SEG-5] the interned strings only this module uses, after everything else."""
+        for value, interned in keys:
+            node = Str(value, interned)
+            self.local[node.key()] = self.size
+            self.order.append((node, self.size))
+            self.size = F.align(self.size + self._size(node)[0])
+            self.keep.append(node)
 
     def frozen_tuple(self, fs):
         """[OBJ-9] the tuple stored for a frozenset: its items in canonical order."""
@@ -156,6 +166,8 @@ class _Encoder:
         cid = _const_id(v)
         if cid is not None:
             self.tag(slot, cid, F.R_CONST)
+        elif type(v) is Str and v.interned and v.key() in self.seg.local:
+            self.tag(slot, self.seg_addr + self.seg.local[v.key()], F.R_LSTR)
         elif type(v) is Str and v.interned:
             self.tag(slot, self.seg.strings[v.key()], F.R_STR)
         elif type(v) is FrozenSet:
@@ -170,7 +182,7 @@ class _Encoder:
 
     def encode(self, v, off):
         L, t, buf = self.layout, type(v), self.buf
-        if t is Str:                        # [SEG-4] a string only this segment refers to
+        if t is Str:                        # [SEG-4], [SEG-5] a string of this segment
             data = encode_str(L, v.value)
             buf[off:off + len(data)] = data
             self.head(off, F.T_STR)
@@ -241,7 +253,10 @@ def encode_image(layout, modules, optimize):
         seg = _Segment(layout, {})
         seg.place(modules[n].code)
         segments.append(seg)
-    keys = string_order(segments[i].strings for i in placement_order(names))   # [STR-2]
+    order = placement_order(names)
+    keys, local = split_strings([list(segments[i].strings) for i in order])  # [STR-2], [SEG-5]
+    for i, own in zip(order, local):
+        segments[i].place_local(own)
     index = {k: i for i, k in enumerate(keys)}
     for seg in segments:
         seg.strings = index

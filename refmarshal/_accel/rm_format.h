@@ -46,7 +46,8 @@
 #define R_CONST 2
 #define R_STR 3
 #define R_FROZENSET 4
-#define R_KINDS 5
+#define R_LSTR 5
+#define R_KINDS 6
 #define BITMAP_COVER 512
 
 /* type codes in ob_type (5.2) */

@@ -539,6 +539,16 @@ static int init_singletons(void) {
 }
 
 /* ---- Strings (spec 4, [LOAD-2]) ------------------------------------------------------- */
+/* A str of the image, interned: the interpreter's equal interned string where it has one.  An
+   interned one-character str ([OBJ-5]) is interned as marshal does it: the latin-1 singleton
+   is interned (or the interpreter's interned copy used), not the image's object. */
+static PyObject *intern_str(PyObject *s) {
+    if (PyUnicode_GET_LENGTH(s) == 1 && PyUnicode_READ_CHAR(s, 0) < 256)
+        s = singletons[C_LATIN1 + PyUnicode_READ_CHAR(s, 0)];
+    PyUnicode_InternInPlace(&s);
+    return s;
+}
+
 static PyObject *resolve_string(rm_image *img, uint64_t index, char *err, int errlen) {
     if (img->strings[index]) return img->strings[index];
     uint64_t e_off = img->sidx_off + index * STRING_SIZE;
@@ -561,11 +571,7 @@ static PyObject *resolve_string(rm_image *img, uint64_t index, char *err, int er
     PyObject *s = (PyObject *)obj;
     img->pinned = 1;
     Py_SET_TYPE(s, &PyUnicode_Type);
-    /* An interned one-character str ([OBJ-5]) is interned as marshal does it: the latin-1
-       singleton is interned (or the interpreter's interned copy used), not the image's object */
-    if (PyUnicode_GET_LENGTH(s) == 1 && PyUnicode_READ_CHAR(s, 0) < 256)
-        s = singletons[C_LATIN1 + PyUnicode_READ_CHAR(s, 0)];
-    PyUnicode_InternInPlace(&s);   /* may give the interpreter's own */
+    s = intern_str(s);
     img->strings[index] = s;
     return s;
 }
@@ -691,6 +697,7 @@ typedef struct {
     const uint64_t *bitmap;       /* the bitmap after it ([SEG-2]) */
     uint64_t bitmap_words;
     slot_list codes, frozensets;  /* TYPE words of code objects; FROZENSET words */
+    slot_list lstrs;              /* LSTR words: resolved once every type word is written */
 } module_load;
 
 /* The block (segment and bitmap) inside the module heap, read in, and its checksum. */
@@ -768,6 +775,13 @@ static int fix_up(module_load *m, char *err, int errlen) {
                 *w = v + delta;    /* the tuple, for now: build_frozensets replaces it */
                 if (slot_push(&m->frozensets, (PyObject **)w) < 0) FAIL("out of memory");
                 break;
+            case R_LSTR:
+                v &= ~(uint64_t)TAG_MASK;
+                if (v < lo || v + 48 > hi) FAIL("word %llu: string outside the segment",
+                                                (unsigned long long)slot);
+                *w = v + delta;
+                if (slot_push(&m->lstrs, (PyObject **)w) < 0) FAIL("out of memory");
+                break;
             default:
                 FAIL("word %llu: unknown tag", (unsigned long long)slot);
             }
@@ -776,6 +790,21 @@ static int fix_up(module_load *m, char *err, int errlen) {
     return 0;
 fail:
     return -1;
+}
+
+/* [SEG-5] The interned strings of the module's own: each LSTR word gets the interned string
+   (the image's object, or the interpreter's equal one). */
+static int resolve_local_strings(module_load *m, char *err, int errlen) {
+    int rc = -1;
+    for (size_t i = 0; i < m->lstrs.n; i++) {
+        PyObject **w = m->lstrs.at[i];
+        if (!PyUnicode_CheckExact(*w) || !PyUnicode_IS_COMPACT(*w))
+            FAIL("an LSTR word does not point at a string");
+        *w = intern_str(*w);
+    }
+    rc = 0;
+fail:
+    return rc;
 }
 
 /* Frozensets ([OBJ-9]): built from their (now fixed-up) tuples, owned by the image forever. */
@@ -820,6 +849,8 @@ PyObject *rm__load(rm_image *img, uint32_t index, char *err, int errlen) {
     m.codes.cap = sizeof m.codes.inline_at / sizeof m.codes.inline_at[0];
     m.frozensets.at = m.frozensets.inline_at;
     m.frozensets.cap = m.codes.cap;
+    m.lstrs.at = m.lstrs.inline_at;
+    m.lstrs.cap = m.codes.cap;
     if (index >= img->nmodules) FAIL("no module %u", index);
     if (img->state[index] == LOAD_FAILED) FAIL("module failed to load before");
     if (img->state[index] == LOAD_BUSY) {   /* someone else's: leave its state alone */
@@ -834,18 +865,22 @@ PyObject *rm__load(rm_image *img, uint32_t index, char *err, int errlen) {
     if (bring_in(&m, err, errlen) < 0) goto fail;
     if (init_singletons() < 0) FAIL("accelerator not initialised");
     img->pinned = 1;              /* from here on the region holds objects Python may see */
-    if (fix_up(&m, err, errlen) < 0 || build_frozensets(&m, err, errlen) < 0) goto fail;
+    if (fix_up(&m, err, errlen) < 0 || resolve_local_strings(&m, err, errlen) < 0
+        || build_frozensets(&m, err, errlen) < 0)
+        goto fail;
     if (Py_TYPE(root) != &PyCode_Type) FAIL("root is not a code object");
     if (init_code_objects(&m, err, errlen) < 0) goto fail;
     img->state[index] = LOAD_DONE;
     slot_free(&m.codes);
     slot_free(&m.frozensets);
+    slot_free(&m.lstrs);
     return root;
 fail:
     if (index < img->nmodules && img->state[index] != LOAD_DONE)
         img->state[index] = LOAD_FAILED;
     slot_free(&m.codes);
     slot_free(&m.frozensets);
+    slot_free(&m.lstrs);
     return NULL;
 }
 

@@ -215,6 +215,8 @@ struct rm_plan {
     size_t n, cap;
     rm_map placed;                /* object -> offset of the PyObject in the segment */
     rm_map fsets;                 /* frozenset -> the tuple standing for it */
+    rm_map local;                 /* interned str only this module uses -> its offset ([SEG-5]) */
+    PyObject *local_strs;         /* those strs, kept alive */
     uint64_t size;
 };
 
@@ -279,8 +281,8 @@ static PyObject *frozen_tuple(rm_plan *p, PyObject *fs, PyObject *order) {
 void rm_plan_free(rm_plan *p) {
     if (!p) return;
     PyGILState_STATE g = PyGILState_Ensure();
-    Py_XDECREF(p->root); Py_XDECREF(p->frozen);
-    free(p->items); free(p->placed.t); free(p->fsets.t); free(p);
+    Py_XDECREF(p->root); Py_XDECREF(p->frozen); Py_XDECREF(p->local_strs);
+    free(p->items); free(p->placed.t); free(p->fsets.t); free(p->local.t); free(p);
     PyGILState_Release(g);
 }
 
@@ -355,6 +357,42 @@ fail:
     return NULL;
 }
 
+static int add_item(rm_plan *p, PyObject *o, uint64_t off, uint64_t size, int tcode) {
+    if (p->n == p->cap) {
+        size_t c = p->cap ? 2 * p->cap : 64;
+        rm_item *it = realloc(p->items, c * sizeof *it);
+        if (!it) return -1;
+        p->items = it; p->cap = c;
+    }
+    p->items[p->n++] = (rm_item){o, off, size, tcode};
+    return 0;
+}
+
+/* [SEG-5] The interned strings in the list box[0] (those only this module uses, in its order
+   of first use) are placed after everything else (the box: rm_writer.h). */
+int rm_plan_add_strings(rm_plan *p, char *err, int errlen) {
+    PyGILState_STATE g = PyGILState_Ensure();
+    int rc = -1;
+    PyObject *list;
+    if (!box || PyList_GET_SIZE(box) != 1 || !PyList_Check(list = PyList_GET_ITEM(box, 0)))
+        FAIL("expected the list of strings");
+    Py_XSETREF(p->local_strs, Py_NewRef(list));
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(list); i++) {
+        PyObject *s = PyList_GET_ITEM(list, i);
+        uint64_t size, pre;
+        if (!PyUnicode_CheckExact(s) || extent(s, &size, &pre) != T_STR)
+            FAIL("string %zd is not a compact str", i);
+        if (add_item(p, s, p->size, size, T_STR) < 0 || map_put(&p->local, s, p->size) < 0)
+            FAIL("out of memory");
+        p->size = ALIGN8(p->size + size);
+    }
+    rc = 0;
+fail:
+    if (PyErr_Occurred()) PyErr_Clear();
+    PyGILState_Release(g);
+    return rc;
+}
+
 /* ---- Encoding one module's segment (spec 5.3, 6) -------------------------------------- */
 typedef struct {
     rm_plan *p;
@@ -368,8 +406,8 @@ typedef struct {
    indices are shifted left to make room for it; its bit is set in the bitmap. */
 static int set_word(rm_enc *e, void *word, uint64_t value, int kind) {
     uint64_t slot = (uint64_t)((unsigned char *)word - e->seg) / 8;
-    uint64_t w = kind == R_PTR || kind == R_FROZENSET ? value | (uint64_t)kind
-                                                      : value << TAG_BITS | (uint64_t)kind;
+    uint64_t w = kind == R_PTR || kind == R_FROZENSET || kind == R_LSTR
+                 ? value | (uint64_t)kind : value << TAG_BITS | (uint64_t)kind;
     memcpy(word, &w, 8);
     e->bitmap[slot / 64] |= (uint64_t)1 << (slot % 64);
     return 0;
@@ -381,6 +419,9 @@ static int convert_ref(rm_enc *e, PyObject **word, char *err, int errlen) {
     uintptr_t v;
     long cid = singleton_id(target);
     if (cid >= 0) return set_word(e, word, (uint64_t)cid, R_CONST);
+    if (PyUnicode_CheckExact(target) && PyUnicode_CHECK_INTERNED(target)
+        && map_get(&e->p->local, target, &v))
+        return set_word(e, word, e->seg_addr + v, R_LSTR);
     if (PyUnicode_CheckExact(target) && PyUnicode_CHECK_INTERNED(target)) {
         PyObject *key = Py_BuildValue("(OO)", target, Py_True);
         PyObject *idx = key ? PyDict_GetItemWithError(e->index, key) : NULL;

@@ -11,6 +11,8 @@
  *                      order returns the frozenset's items     (str, True) -> str for the
  *                      as a tuple in [OBJ-9] order            module's interned strings, in
  *                                                              order of first use
+ *   rm_plan_add_strings [[str, ...]: the interned strings     unchanged
+ *                      only this module uses ([SEG-5])
  *   rm_encode_module   [{(str, True): string index}]          [segment bytes, bitmap bytes,
  *                                                              root offset]
  *                                                              (container.EncodedSegment)
@@ -21,6 +23,7 @@ typedef struct rm_plan rm_plan;
 
 int rm_writer_bind(const char *module, const char *attr);
 rm_plan *rm_plan_module(char *err, int errlen);
+int rm_plan_add_strings(rm_plan *plan, char *err, int errlen);
 int rm_encode_module(rm_plan *plan, unsigned long long seg_addr, char *err, int errlen);
 void rm_plan_free(rm_plan *plan);
 int rm_encode_strings(unsigned int *sizes, char *err, int errlen);

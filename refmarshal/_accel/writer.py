@@ -60,7 +60,10 @@ def _encode_image(layout, modules, optimize):
             for k, v in own.items():
                 found.setdefault(k, v)
             used.append(own)
-        keys = C.string_order(used[i] for i in C.placement_order(names))   # [STR-2]
+        order = C.placement_order(names)
+        keys, local = C.split_strings([list(used[i]) for i in order])   # [STR-2], [SEG-5]
+        for i, own in zip(order, local):
+            _add_local(plans[i], [found[k] for k in own], err, names[i])
         index = {k: i for i, k in enumerate(keys)}
         strings = _encode_strings([found[k] for k in keys], err)
 
@@ -91,6 +94,14 @@ def _plan_module(code, err, name):
     if plan == ffi.NULL:
         raise ImageError(f"module {name}: {_c_error(err)}")
     return plan, strings
+
+
+def _add_local(plan, strs, err, name):
+    """rm_plan_add_strings: the interned strings only this module uses, placed at the end of
+    its segment ([SEG-5])."""
+    _box[:] = [strs]
+    if lib.rm_plan_add_strings(plan, err, _ERRLEN) != 0:
+        raise ImageError(f"module {name}: {_c_error(err)}")
 
 
 def _encode_module(plan, seg_addr, index, err, name):
