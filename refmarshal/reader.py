@@ -138,7 +138,7 @@ def decode_str(L, raw, where):
 
 
 class _ModuleParser:
-    """Parses one module segment into a graph, checking every object and relocation."""
+    """Parses one module segment into a graph, checking every object and tagged word."""
 
     def __init__(self, image, entry):
         self.img, self.e, self.L = image, entry, image.layout
