@@ -43,8 +43,10 @@ Arms (--arms picks some):
 Every run is a fresh `VENV/bin/python -c WRAPPER ...` process; the wrapper (the same in every
 arm) times the statement in-process and writes the time to a pipe; `-m pytest --version` and
 `-m pip --version` run through runpy._run_module_as_main, as `python -m` does.  Measures: wall
-time of the child (fork to reap), its CPU time (user + sys) and peak RSS (ru_maxrss) from
-os.wait4, and the statement's in-process time.  One untimed warm-up round, then --rounds
+time of the child (spawn to reap), its CPU time (user + sys, from os.wait4's rusage), its peak
+RSS (VmHWM of /proc/self/status, read by the wrapper at its end: the child's ru_maxrss would
+also count the pages of this process, whose address space the child had until it ran exec),
+and the statement's in-process time.  One untimed warm-up round, then --rounds
 rounds; in each, the arms run in an order rotated by one from the round before.
 
 Output: a Markdown table per version (paste into BENCHMARKS.md) on stdout and in
@@ -156,7 +158,9 @@ def _e2e():
                 if spec is not None and type(spec.loader) is bx.SourceFileLoader \
                         and (spec.origin or "").endswith(".py"):
                     fh.write(spec.origin + "\n")
-    os.write(fd, f"{dt!r} {setup_wall!r} {setup_cpu!r}{extra}".encode())
+    with open("/proc/self/status") as fh:
+        hwm = fh.read().split("VmHWM:")[1].split()[0]
+    os.write(fd, f"{dt!r} {setup_wall!r} {setup_cpu!r} {hwm}{extra}".encode())
     return status
 raise SystemExit(_e2e())
 '''
@@ -232,12 +236,14 @@ class RefVenv(Venv):
         if not os.path.exists(self.pth):
             raise SystemExit(f"{self.pth} missing after refmarshal enable")
 
+    pth = parked = None
+
     def park(self):
         if os.path.exists(self.pth):
             os.replace(self.pth, self.parked)
 
     def unpark(self):
-        if os.path.exists(self.parked):
+        if self.parked is not None and os.path.exists(self.parked):
             os.replace(self.parked, self.pth)
 
 
@@ -294,13 +300,14 @@ def run_child(py, stmt, env, cwd, names="-", action="time"):
             out = fh.read().decode().split()
         err.seek(0)
         stderr = err.read().decode(errors="replace").strip()
-    if p.returncode != 0 or len(out) < 3:
+    if p.returncode != 0 or len(out) < 4:
         raise ChildFailed(f"{stmt!r} exited with {p.returncode}: "
                           f"{(stderr.splitlines() or ['no output'])[-1]}")
-    s = {"wall": wall, "cpu": ru.ru_utime + ru.ru_stime, "rss": ru.ru_maxrss * 1024,
-         "stmt": float(out[0]), "setup_wall": float(out[1]), "setup_cpu": float(out[2])}
-    if len(out) >= 5:
-        s["served"], s["total"] = int(out[3]), int(out[4])
+    s = {"wall": wall, "cpu": ru.ru_utime + ru.ru_stime, "rss": int(out[3]) * 1024,
+         "stmt": float(out[0]), "setup_wall": float(out[1]), "setup_cpu": float(out[2]),
+         "ru_maxrss": ru.ru_maxrss * 1024}
+    if len(out) >= 6:
+        s["served"], s["total"] = int(out[4]), int(out[5])
     if stderr:
         s["stderr"] = stderr[-500:]
     return s
@@ -483,6 +490,13 @@ class Version:
         return (s, a) not in self.unavailable and (None, a) not in self.unavailable
 
     def measure(self, rounds):
+        try:
+            self._measure(rounds)
+        finally:
+            for v in self.ref.values():
+                v.unpark()
+
+    def _measure(self, rounds):
         started = time.perf_counter()
         for phase in (WARM_ARMS, COLD_ARMS):
             arms = [a for a in self.arms if a in phase]
@@ -512,8 +526,6 @@ class Version:
                     log(f"{self.version}: round {r + 1}/{rounds} of "
                         f"{'warm' if phase is WARM_ARMS else 'cold'} arms "
                         f"({time.perf_counter() - started:.0f} s so far)")
-        for v in self.ref.values():
-            v.unpark()
         self.seconds = time.perf_counter() - started
 
 
