@@ -259,7 +259,7 @@ class CdsVenv(Venv):
                env=env, capture_output=True, text=True)
         except subprocess.CalledProcessError as exc:
             tail = (exc.stderr or "").strip().splitlines()
-            errors = [line for line in tail if "error" in line.lower()] or tail
+            errors = [line.strip() for line in tail if "error" in line.lower()] or tail
             self.error = f"`{' '.join(exc.cmd[2:5])} ...` failed: " + \
                 (" / ".join(errors[-3:]) if errors else f"exit status {exc.returncode}")
             return
@@ -380,8 +380,11 @@ class Version:
             self.ref[k].setup(self.base, PACKAGES if k == "pkg" else [], a.reuse, a.reinstall)
         if "pycds" in self.arms:
             if self.version == "3.13":
-                self.unavailable[(None, "pycds")] = "code-data-share does not support 3.13 " \
-                    "(no wheel; its C code is written for 3.8-3.12)"
+                # Not tried each run: pip spends a minute building the sdist to fail.
+                self.unavailable[(None, "pycds")] = (
+                    "no 3.13 wheel; `pip install code-data-share` (0.1.0) builds the sdist "
+                    "and fails: `_cdsmodule.h:20:10: fatal error: internal/pycore_opcode.h: "
+                    "No such file or directory` (tried 2026-11-29)")
             else:
                 for k in kinds:
                     self.cds[k].setup(self.base, PACKAGES if k == "pkg" else [], a.reuse)
