@@ -589,26 +589,13 @@ def _run_bench(modules, runs):
     if not os.path.exists(pth_path()):
         raise CliError(f"refmarshal is not enabled here (no {pth_path()}); "
                        f"run refmarshal enable first")
-    modules = modules or bench.default_modules()
-    statements = [bench.statement(None)] + [bench.statement(m) for m in modules]
-    arms = bench.stock_and_image()
+    statements = ([bench.statement(None)] + [bench.statement(m) for m in modules]
+                  if modules else bench.default_statements())
     try:
-        served = [bench.probe(sys.executable, s, arms[1]) for s in statements[1:]]
-        _say(f"timing {len(statements)} statements x {len(arms)} arms x {runs} runs, "
-             f"interleaved, in fresh interpreters ({sys.executable})")
-        samples = bench.measure(sys.executable, statements, arms, runs,
-                                Progress("rounds", "rounds"))
+        bench.run(sys.executable, pth_path(), statements, runs, _say,
+                  Progress("rounds", "rounds"))
     except bench.BenchError as exc:
         raise CliError(str(exc)) from None
-    lines = bench.table(statements, arms, samples)
-    _say(lines[0].replace("ratio", "speed-up"))
-    for line in lines[1:]:
-        _say(line)
-    for s, (hits, total) in zip(statements[1:], served):
-        note = "no finder: is the hook active?" if hits < 0 else f"{hits} of {total} modules " \
-               f"in sys.modules came from the image"
-        _say(f"  {s}: {note}")
-    _say("median wall time of a whole `python -c` process; stock = REFMARSHAL=0")
     return 0
 
 
@@ -700,10 +687,11 @@ def make_parser():
     c.add_argument("-v", "--verbose", action="store_true", help="list every stale module")
 
     c = command("bench", cmd_bench, "time `python -c \"import MODULE\"` in fresh interpreters, "
-                "stock (REFMARSHAL=0) against the image, interleaved; needs the hook enabled")
+                "stock (refmarshal.pth moved aside) against the image, interleaved: medians "
+                "and middle halves, and which statements are slower; needs the hook enabled")
     c.add_argument("modules", nargs="*", metavar="MODULE",
-                   help="modules to import (default: a few installed heavy packages, else "
-                   "standard-library ones)")
+                   help="modules to import (default: pass, json, argparse, asyncio and up to "
+                   "three installed heavy packages)")
     c.add_argument("--runs", type=int, default=10, metavar="N",
                    help="runs per arm and module (default %(default)s)")
 

@@ -355,8 +355,12 @@ def test_enable_and_disable_in_a_venv(venv, tree):
 
     r = rm(["bench", "mod", "--runs", "1"], cwd, python=python, pythonpath=[src])
     assert r.returncode == 0, r.stderr
-    assert re.search(r"^import mod +[\d.]+ ms +[\d.]+ ms +[\d.]+x$", r.stdout, re.M), r.stdout
+    q = r"[\d.]+ \([\d.]+-[\d.]+\)"         # median (first-third quartile)
+    assert re.search(rf"^import mod +{q} +{q} +[\d.]+x +[\d.]+x", r.stdout, re.M), r.stdout
     assert "import mod: 1 of" in r.stdout and "came from the image" in r.stdout
+    assert re.search(r"^(SLOWER with the image: |faster with the image for every)", r.stdout,
+                     re.M), r.stdout
+    assert os.path.exists(pth) and not os.path.exists(pth + ".bench-stock")   # put back
 
     other = cwd / "other.img"
     os.replace(default, other)
@@ -570,3 +574,53 @@ def test_auto_refresh_in_a_venv(venv, tree):
         assert r.returncode == 0 and "is running: not started" in r.stdout, r.stderr
         assert os.stat(default).st_mtime_ns == mtime
     assert one_line_error(rm(["enable", "--auto-refresh", "-1"], cwd, python=python), 2)
+
+
+def _bench_samples(**walls):
+    """{(statement, arm): [(wall s, CPU s), ...]} from ms lists, CPU = wall."""
+    return {(s.replace("_", " "), arm): [(w / 1000, w / 1000) for w in ws]
+            for (s, arm), ws in ((k.rsplit("__", 1), v) for k, v in walls.items())}
+
+
+def test_bench_says_plainly_which_statements_are_slower():
+    from refmarshal import bench
+    arms = bench.stock_and_image("/nonexistent/refmarshal.pth")
+    assert [a.label for a in arms] == ["stock", "refmarshal"] and not arms[0].hooked
+    samples = _bench_samples(pass__stock=[10, 11, 12], pass__refmarshal=[12, 13, 14],
+                             import_x__stock=[100, 101, 102], import_x__refmarshal=[80, 81, 82],
+                             import_y__stock=[20, 21, 22], import_y__refmarshal=[21, 21.5, 23])
+    statements = ["pass", "import x", "import y"]
+    lines = bench.table(statements, arms, samples)
+    rows = {line.split("  ")[0]: line for line in lines[1:]}
+    assert "11.0 (10.5-11.5)" in rows["pass"] and "13.0 (12.5-13.5)" in rows["pass"]
+    assert rows["pass"].endswith("0.85x  slower (+2.0 ms)")
+    assert "1.25x" in rows["import x"] and "slower" not in rows["import x"]
+    assert rows["import y"].endswith("slower, within the spread (+0.5 ms)")
+    said = bench.summary(statements, arms, samples)
+    assert said.startswith("SLOWER with the image: pass (+2.0 ms, 0.85x), import y (+0.5 ms")
+    assert "import x" not in said
+    assert bench.summary(["import x"], arms, samples) == \
+        "faster with the image for every statement timed"
+
+
+def test_bench_puts_the_hook_back(tmp_path):
+    """The stock arm runs with refmarshal.pth moved aside; it is back afterwards, also when a
+    child fails, and a file left aside by a killed run is put back first."""
+    from refmarshal import bench
+    pth = tmp_path / "refmarshal.pth"
+    pth.write_text("import sys\n")
+    parked = str(pth) + bench.PARKED_SUFFIX
+    seen = tmp_path / "seen"
+    arms = bench.stock_and_image(str(pth))
+    check = (f"import os; open({str(seen)!r}, 'a').write("
+             f"str(os.path.exists({str(pth)!r})) + ' ')")
+    bench.measure(sys.executable, [check], arms, 2, pth=str(pth))
+    assert pth.exists() and not os.path.exists(parked)
+    # warm-up stock, refmarshal; round 1 the same; round 2 reversed
+    assert seen.read_text().split() == ["False", "True", "False", "True", "True", "False"]
+    with pytest.raises(bench.BenchError, match=r"failed: 3$"):
+        bench.measure(sys.executable, ["raise SystemExit('3')"], arms, 1, pth=str(pth))
+    assert pth.exists() and not os.path.exists(parked)
+    os.replace(pth, parked)                      # as a killed run leaves it
+    bench.measure(sys.executable, ["pass"], arms[1:], 1, pth=str(pth))
+    assert pth.exists() and not os.path.exists(parked)
