@@ -46,21 +46,23 @@ class EncodedSegment(NamedTuple):
 # ---------------------------------------------------------------------------------------
 # Writing.
 
+HOT_STRING_USERS = 8      # [STR-2] strings this many modules use come first in the table
+
+
 def split_strings(per_module):
     """[STR-2], [SEG-5] From each module's interned-string keys in order of first use
     (``per_module``, a list in placement order): (the string table's keys in index order: the
-    strings two or more modules use, in order of first use over all modules; for each module,
-    the keys only it uses, in its order of first use: they go at the end of its segment)."""
-    first = {}
-    shared = set()
+    strings two or more modules use, those HOT_STRING_USERS or more modules use first, each
+    group in order of first use over all modules; for each module, the keys only it uses, in
+    its order of first use: they go at the end of its segment)."""
+    users = {}
     for keys in per_module:
         for k in keys:
-            if k in first:
-                shared.add(k)
-            else:
-                first[k] = None
-    return ([k for k in first if k in shared],
-            [[k for k in keys if k not in shared] for keys in per_module])
+            users[k] = users.get(k, 0) + 1
+    shared = [k for k, n in users.items() if n > 1]           # dicts keep first-use order
+    return ([k for k in shared if users[k] >= HOT_STRING_USERS]
+            + [k for k in shared if users[k] < HOT_STRING_USERS],
+            [[k for k in keys if users[k] == 1] for keys in per_module])
 
 
 def sorted_names(modules):
@@ -115,10 +117,14 @@ def lookup_hash(name_bytes):
 
 
 def lookup_section(names):
-    """[LKP-1] The lookup section's bytes: its head (the CRC-32 of the slots, their count),
-    then the slots of ``lookup_table``."""
-    slots = b"".join(F.LOOKUP.pack(v) for v in lookup_table(names))
-    return F.LOOKUP_HEAD.pack(F.crc32(slots), len(slots) // F.LOOKUP_RECORD.size) + slots
+    """[LKP-1] The lookup section's bytes: its head (the number of slots and of groups), the
+    CRC-32 of each group of LOOKUP_GROUP slots, then the slots of ``lookup_table``."""
+    table = lookup_table(names)
+    slots = b"".join(F.LOOKUP.pack(v) for v in table)
+    step = F.LOOKUP_GROUP * F.LOOKUP_RECORD.size
+    crcs = b"".join(F.crc32(slots[at:at + step]).to_bytes(4, "little")
+                    for at in range(0, len(slots), step))
+    return F.LOOKUP_HEAD.pack(len(table), len(crcs) // 4) + crcs + slots
 
 
 def lookup_table(names):
@@ -155,7 +161,7 @@ def assemble_image(names, modules, strings, encode_segment, optimize):
     dir_off = F.HEADER_SIZE
     names_off = dir_off + F.MODULE_SIZE * len(names)
     lookup_off = F.align(names_off + len(blob))
-    sidx_off = lookup_off + len(lookup)
+    sidx_off = F.align(lookup_off + len(lookup))
     meta_end = sidx_off + F.STRING_SIZE * len(strings)
 
     sheap_off = F.align(meta_end, F.PAGE)

@@ -106,7 +106,8 @@ MODULE_RECORD = Record("DIR", "a module directory entry (spec 3.1)", (
 STRING_RECORD = Record("STRIDX", "a string index entry (spec 4.1)", (
     ("offset", "I"), ("size", "I"), ("flags", "I"), ("crc", "I")))
 LOOKUP_HEAD_RECORD = Record("LOOKUPHEAD", "the head of the lookup table (spec 3.3)", (
-    ("crc", "I"), ("slots", "I")))
+    ("slots", "I"), ("groups", "I")))
+LOOKUP_GROUP = 1024              # [LKP-1] slots one CRC covers
 LOOKUP_RECORD = Record("LOOKUP", "a lookup table slot: directory index + 1, 0 when empty "
                        "(spec 3.3)", (("slot", "I"),))
 # A tagged word (spec 5.3): its low TAG_BITS bits say how the loader resolves it.
@@ -165,9 +166,15 @@ def lookup_slots(module_count):
     return n
 
 
+def lookup_groups(module_count):
+    """[LKP-1] groups of LOOKUP_GROUP slots (the last may be shorter), one CRC each."""
+    return (lookup_slots(module_count) + LOOKUP_GROUP - 1) // LOOKUP_GROUP
+
+
 def lookup_size(module_count):
-    """[LKP-1] bytes of the lookup section: its head, then its slots."""
-    return LOOKUP_HEAD_RECORD.size + lookup_slots(module_count) * LOOKUP_RECORD.size
+    """[LKP-1] bytes of the lookup section: its head, the groups' CRCs, then the slots."""
+    return (LOOKUP_HEAD_RECORD.size + 4 * lookup_groups(module_count)
+            + lookup_slots(module_count) * LOOKUP_RECORD.size)
 
 # Type codes written in ob_type: spec 5.2.
 T_STR, T_BYTES, T_TUPLE, T_INT, T_FLOAT, T_COMPLEX, T_CODE = range(1, 8)

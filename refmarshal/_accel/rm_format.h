@@ -50,6 +50,9 @@
 #define R_KINDS 6
 #define BITMAP_COVER 512
 
+/* slots of the lookup table one CRC covers (3.3) */
+#define LOOKUP_GROUP 1024
+
 /* type codes in ob_type (5.2) */
 #define T_STR 1
 #define T_BYTES 2
@@ -167,10 +170,10 @@
 #define RM_STRIDX_BYTES 16
 
 /* LOOKUPHEAD: the head of the lookup table (spec 3.3) */
-#define RM_LOOKUPHEAD_CRC_OFF 0
-#define RM_LOOKUPHEAD_CRC_LEN 4
-#define RM_LOOKUPHEAD_SLOTS_OFF 4
+#define RM_LOOKUPHEAD_SLOTS_OFF 0
 #define RM_LOOKUPHEAD_SLOTS_LEN 4
+#define RM_LOOKUPHEAD_GROUPS_OFF 4
+#define RM_LOOKUPHEAD_GROUPS_LEN 4
 #define RM_LOOKUPHEAD_BYTES 8
 
 /* LOOKUP: a lookup table slot: directory index + 1, 0 when empty (spec 3.3) */
@@ -197,7 +200,7 @@ _Static_assert(RM_SECT_SIZE_OFF + RM_SECT_SIZE_LEN == RM_SECT_BYTES, "SECT field
 _Static_assert(RM_FP_VERSION_OFF + RM_FP_VERSION_LEN == RM_FP_BYTES, "FP fields fill the record");
 _Static_assert(RM_DIR_RESERVED_OFF + RM_DIR_RESERVED_LEN == RM_DIR_BYTES, "DIR fields fill the record");
 _Static_assert(RM_STRIDX_CRC_OFF + RM_STRIDX_CRC_LEN == RM_STRIDX_BYTES, "STRIDX fields fill the record");
-_Static_assert(RM_LOOKUPHEAD_SLOTS_OFF + RM_LOOKUPHEAD_SLOTS_LEN == RM_LOOKUPHEAD_BYTES, "LOOKUPHEAD fields fill the record");
+_Static_assert(RM_LOOKUPHEAD_GROUPS_OFF + RM_LOOKUPHEAD_GROUPS_LEN == RM_LOOKUPHEAD_BYTES, "LOOKUPHEAD fields fill the record");
 _Static_assert(RM_LOOKUP_SLOT_OFF + RM_LOOKUP_SLOT_LEN == RM_LOOKUP_BYTES, "LOOKUP fields fill the record");
 
 #endif

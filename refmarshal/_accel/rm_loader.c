@@ -72,7 +72,8 @@ struct rm_image {
     uint64_t bytes_read;          /* how much of the file has been read so far */
     PyObject **strings;           /* resolved strings, by index (NULL: not yet) */
     unsigned char *state;         /* per module: LOAD_* below */
-    int lookup_checked;           /* the lookup table's CRC was checked ([LKP-1]) */
+    uint64_t lookup_groups;       /* groups of LOOKUP_GROUP slots, one CRC each ([LKP-1]) */
+    unsigned char *group_checked; /* per group: 1 once its CRC was checked */
     int pinned;                   /* something in the region was handed to the interpreter
                                      (a string interned, a module loaded): never release it */
 };
@@ -370,9 +371,15 @@ rm_image *rm_open(const char *path, int mode, char *err, int errlen) {
 #define SECTION_SIZE(k) rd64(hdr + RM_HDR_SECTION_SIZE_OFF(k))
     img->dir_off = SECTION_OFF(SEC_DIRECTORY);
     img->names_off = SECTION_OFF(SEC_NAMES);        img->names_size = SECTION_SIZE(SEC_NAMES);
-    img->lookup_off = SECTION_OFF(SEC_LOOKUP) + RM_LOOKUPHEAD_BYTES;
-    img->lookup_slots = (SECTION_SIZE(SEC_LOOKUP) - RM_LOOKUPHEAD_BYTES) / RM_LOOKUP_BYTES;
-    if (SECTION_SIZE(SEC_LOOKUP) < RM_LOOKUPHEAD_BYTES) FAIL("lookup table has a bad size");
+    /* [LKP-1] slots: the smallest power of two at least twice the modules */
+    for (img->lookup_slots = 1; img->lookup_slots < 2 * (uint64_t)img->nmodules;)
+        img->lookup_slots *= 2;
+    img->lookup_groups = (img->lookup_slots + LOOKUP_GROUP - 1) / LOOKUP_GROUP;
+    img->lookup_off = SECTION_OFF(SEC_LOOKUP);
+    uint64_t lookup_size = SECTION_SIZE(SEC_LOOKUP);
+    if (lookup_size != RM_LOOKUPHEAD_BYTES + 4 * img->lookup_groups
+                                    + img->lookup_slots * RM_LOOKUP_BYTES)
+        FAIL("lookup table has a bad size");
     img->sidx_off = SECTION_OFF(SEC_STRING_INDEX);
     img->sheap_off = SECTION_OFF(SEC_STRING_HEAP);  img->sheap_size = SECTION_SIZE(SEC_STRING_HEAP);
     img->mheap_off = SECTION_OFF(SEC_MODULE_HEAP);  img->mheap_size = SECTION_SIZE(SEC_MODULE_HEAP);
@@ -380,17 +387,14 @@ rm_image *rm_open(const char *path, int mode, char *err, int errlen) {
 #undef SECTION_SIZE
     if (img->dir_off + (uint64_t)img->nmodules * MODULE_SIZE > img->size
         || img->names_off + img->names_size > img->size
-        || img->lookup_off + img->lookup_slots * RM_LOOKUP_BYTES > img->size
+        || img->lookup_off + lookup_size > img->size
         || img->sidx_off + (uint64_t)img->nstrings * STRING_SIZE > img->size
         || img->sheap_off + img->sheap_size > img->size || img->mheap_off + img->mheap_size > img->size)
         FAIL("section outside the file");
-    /* [LKP-1] a power of two, at least twice the modules: every search meets an empty slot */
-    if (!img->lookup_slots || (img->lookup_slots & (img->lookup_slots - 1))
-        || img->lookup_slots < 2 * (uint64_t)img->nmodules)
-        FAIL("lookup table has a bad size");
+    img->group_checked = calloc(img->lookup_groups, 1);
     img->strings = calloc(img->nstrings ? img->nstrings : 1, sizeof(PyObject *));
     img->state = calloc(img->nmodules ? img->nmodules : 1, 1);
-    if (!img->strings || !img->state) FAIL("out of memory");
+    if (!img->strings || !img->state || !img->group_checked) FAIL("out of memory");
     return img;
 fail:
     if (img) rm_close(img);
@@ -404,7 +408,8 @@ void rm_close(rm_image *img) {
     if (img->pinned) return;      /* its objects live until the process ends ([LOAD-4]) */
     if (img->base && img->reserved) munmap(img->base, img->reserved);
     if (img->fd >= 0) close(img->fd);
-    free(img->page_ready); free(img->strings); free(img->state); free(img);
+    free(img->page_ready); free(img->strings); free(img->state); free(img->group_checked);
+    free(img);
 }
 
 const unsigned char *rm_base(rm_image *img) { return img->base; }
@@ -473,25 +478,38 @@ int rm_entry(rm_image *img, unsigned int i, rm_entry_info *out, char *err, int e
 /* A search in the lookup table ([LKP-2]): from the slot the name's CRC-32 picks, on to the
    first empty one.  Returns the entry's index, -1 when the image has no such module, -2 on a
    malformed image (message in err).  GIL held. */
+/* Group g of the lookup table read in and its CRC checked, once ([LKP-1]). */
+static int lookup_group(rm_image *img, uint64_t g, char *err, int errlen) {
+    uint64_t crcs = img->lookup_off + RM_LOOKUPHEAD_BYTES;
+    uint64_t slots = crcs + 4 * img->lookup_groups;
+    uint64_t first = g * LOOKUP_GROUP, n = img->lookup_slots - first;
+    if (n > LOOKUP_GROUP) n = LOOKUP_GROUP;
+    if (ensure(img, img->lookup_off, RM_LOOKUPHEAD_BYTES + 4 * img->lookup_groups, PAGE_UNIT,
+               err, errlen) < 0
+        || ensure(img, slots + first * RM_LOOKUP_BYTES, n * RM_LOOKUP_BYTES, PAGE_UNIT,
+                  err, errlen) < 0)
+        return -1;
+    const unsigned char *head = img->base + img->lookup_off;
+    if (rd32(head + RM_LOOKUPHEAD_SLOTS_OFF) != img->lookup_slots
+        || rd32(head + RM_LOOKUPHEAD_GROUPS_OFF) != img->lookup_groups
+        || crc32_update(0, img->base + slots + first * RM_LOOKUP_BYTES, n * RM_LOOKUP_BYTES)
+           != rd32(img->base + crcs + 4 * g)) {
+        snprintf(err, errlen, "lookup table checksum mismatch");
+        return -1;
+    }
+    img->group_checked[g] = 1;
+    return 0;
+}
+
 int rm__find(rm_image *img, const char *name, size_t len, char *err, int errlen) {
     uint64_t mask = img->lookup_slots - 1;
-    if (!img->lookup_checked) {   /* once: the whole table (a few pages) and its CRC */
-        uint64_t head = img->lookup_off - RM_LOOKUPHEAD_BYTES;
-        uint64_t size = img->lookup_slots * RM_LOOKUP_BYTES;
-        if (ensure(img, head, RM_LOOKUPHEAD_BYTES + size, PAGE_UNIT, err, errlen) < 0) return -2;
-        if (rd32(img->base + head + RM_LOOKUPHEAD_SLOTS_OFF) != img->lookup_slots
-            || crc32_update(0, img->base + img->lookup_off, size)
-               != rd32(img->base + head + RM_LOOKUPHEAD_CRC_OFF)) {
-            snprintf(err, errlen, "lookup table checksum mismatch");
-            return -2;
-        }
-        img->lookup_checked = 1;
-    }
+    uint64_t slots = img->lookup_off + RM_LOOKUPHEAD_BYTES + 4 * img->lookup_groups;
     uint64_t at = crc32_update(0, (const unsigned char *)name, len) & mask;
     for (uint64_t probes = 0; probes <= mask; probes++, at = (at + 1) & mask) {
-        uint64_t off = img->lookup_off + at * RM_LOOKUP_BYTES;
-        if (ensure(img, off, RM_LOOKUP_BYTES, PAGE_UNIT, err, errlen) < 0) return -2;
-        uint32_t v = rd32(img->base + off), n_len;
+        if (!img->group_checked[at / LOOKUP_GROUP]
+            && lookup_group(img, at / LOOKUP_GROUP, err, errlen) < 0)
+            return -2;
+        uint32_t v = rd32(img->base + slots + at * RM_LOOKUP_BYTES), n_len;
         if (!v) return -1;
         if (v > img->nmodules) {
             snprintf(err, errlen, "lookup slot %llu: no directory entry %u",
