@@ -9,6 +9,7 @@ writers' business, how the file is put together ``container.py``'s.
 import marshal
 import os
 import sys
+import time
 from typing import NamedTuple
 
 from . import format as F
@@ -57,7 +58,9 @@ def build(path, entries, *, optimize=-1, jobs=1, progress=None, implementation="
     level = sys.flags.optimize if optimize == -1 else optimize
     result = BuildResult()
     modules = {}
-    work = [_Work(name, os.fspath(source_path), level, live) for name, source_path in entries]
+    started = time.time_ns()
+    work = [_Work(name, os.fspath(source_path), level, live, started)
+            for name, source_path in entries]
     for done, p in enumerate(_prepare_all(work, jobs), 1):
         if p.module is None:
             result.skipped.append((p.name, p.source_path, p.skipped))
@@ -103,6 +106,7 @@ class _Work(NamedTuple):
     source_path: str
     optimize: int
     live: bool            # keep the live code object (C writer), else make its graph
+    started: int          # the build's start, time.time_ns() ([DIR-6])
 
 
 class _Prepared(NamedTuple):
@@ -125,8 +129,71 @@ def _prepare(work):
     except (OSError, SyntaxError, ValueError, ImageError) as exc:
         return _Prepared(work.name, work.source_path, skipped=f"{type(exc).__name__}: {exc}")
     is_pkg = os.path.basename(work.source_path).rpartition(".")[0] == "__init__"
+    stamps = directory_stamps(work.name, work.source_path, is_pkg, work.started)
     return _Prepared(work.name, work.source_path,
-                     ModuleSource(work.source_path, st.st_mtime_ns, st.st_size, is_pkg, code))
+                     ModuleSource(work.source_path, st.st_mtime_ns, st.st_size, is_pkg, code,
+                                  *stamps))
+
+
+# [DIR-6] A directory modified this close to the build's start, or later, gets no stamp: a
+# second change within the same tick of its clock (coarse file systems tick each second or two)
+# would leave its mtime as recorded.
+RACY_NS = 2_000_000_000
+
+
+def _loader_order():
+    """(suffix, is the source loader) in the order stock's FileFinder tries them: importlib's
+    _get_supported_file_loaders (extensions, source, bytecode)."""
+    from importlib.machinery import BYTECODE_SUFFIXES, EXTENSION_SUFFIXES, SOURCE_SUFFIXES
+    return ([(s, False) for s in EXTENSION_SUFFIXES] + [(s, True) for s in SOURCE_SUFFIXES]
+            + [(s, False) for s in BYTECODE_SUFFIXES])
+
+
+def directory_stamps(name, source_path, is_package, started_ns):
+    """[DIR-6] (dir_mtime_ns, pkg_mtime_ns, first_in_dir) of module ``name`` compiled from
+    ``source_path``: (0, 0, False) unless stock's FileFinder, searching the directory the
+    module's file is in (a package's: the one holding the package directory) for the name's
+    last part, takes exactly that file, with no other candidate there at all, and the
+    directories were last modified more than RACY_NS before ``started_ns``.
+
+    Checked as FileFinder.find_spec does it, with the names it would try: for a module
+    ``D/m.py``, nothing named ``m`` in D (a package or namespace directory; and a later
+    ``__init__`` in an existing ``D/m`` would not change D's mtime) and none of ``m`` + a suffix
+    that comes before ``.py``; for a package ``D/p/__init__.py``, none of ``__init__`` + such a
+    suffix in ``D/p``.  Any later change to those names changes a stamped directory's mtime."""
+    none = (0, 0, False)
+    tail = name.rpartition(".")[2]
+    parent, base = os.path.split(source_path)
+    if not os.path.isabs(source_path):
+        return none
+    stem = "__init__" if is_package else tail
+    if is_package and os.path.basename(parent) != tail:
+        return none
+    earlier = []
+    for suffix, is_source in _loader_order():
+        if stem + suffix == base:
+            if not is_source:
+                return none
+            break
+        earlier.append(stem + suffix)
+    else:
+        return none
+    search = os.path.dirname(parent) if is_package else parent
+    try:
+        if any(os.path.lexists(os.path.join(parent, n)) for n in earlier):
+            return none
+        if not is_package and os.path.lexists(os.path.join(parent, tail)):
+            return none
+        if not os.path.isfile(source_path):
+            return none
+        dir_ns = os.stat(search).st_mtime_ns
+        pkg_ns = os.stat(parent).st_mtime_ns if is_package else 0
+    except (OSError, ValueError):
+        return none
+    if any(ns == 0 or ns > started_ns - RACY_NS for ns in ((dir_ns, pkg_ns) if is_package
+                                                         else (dir_ns,))):
+        return none
+    return dir_ns, pkg_ns, True
 
 
 def _prepare_all(work, jobs):

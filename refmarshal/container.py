@@ -21,12 +21,17 @@ from .format import ModuleEntry
 
 class ModuleSource(NamedTuple):
     """One module as a writer takes it: what the directory records of its source, and its code:
-    a live code object (the C writer) or its graph (the reference writer, graph.py)."""
+    a live code object (the C writer) or its graph (the reference writer, graph.py); then its
+    directory stamps and whether stock finds its file first there ([DIR-6]: 0, 0, False when
+    not recorded; ``building.directory_stamps``)."""
     path: str
     mtime_ns: int
     size: int
     is_package: bool
     code: object
+    dir_mtime_ns: int = 0
+    pkg_mtime_ns: int = 0
+    first_in_dir: bool = False
 
 
 class StoredString(NamedTuple):
@@ -185,11 +190,14 @@ def assemble_image(names, modules, strings, encode_segment, optimize):
         m = modules[n]
         seg_off = mheap_off + len(mheap)
         seg = encode_segment(i, seg_off, base)
-        fields = dict(flags=F.MOD_PACKAGE if m.is_package else 0, name_offset=noff,
+        flags = ((F.MOD_PACKAGE if m.is_package else 0)
+                 | (F.MOD_FIRST_IN_DIR if m.first_in_dir else 0))
+        fields = dict(flags=flags, name_offset=noff,
                       name_length=nlen, path_offset=poff, path_length=plen,
                       source_mtime_ns=m.mtime_ns, source_size=m.size, segment_offset=seg_off,
                       segment_size=len(seg.data), root_offset=seg.root,
-                      data_crc=F.crc32(seg.data, seg.bitmap))
+                      data_crc=F.crc32(seg.data, seg.bitmap), dir_mtime_ns=m.dir_mtime_ns,
+                      pkg_mtime_ns=m.pkg_mtime_ns)
         body = F.MODULE_RECORD.pack(entry_crc=0, **fields)
         entry_crc = F.crc32(body[F.MODULE_RECORD.offset("flags"):], blob[noff:noff + nlen],
                             blob[poff:poff + plen])
@@ -253,8 +261,8 @@ def read_header(data):
 
 
 def read_entry(mem, sections, i):
-    """Directory entry i, its checksum and reserved fields checked ([DIR-1]): (the
-    ``ModuleEntry``, the offsets of its name and of its path in the names section)."""
+    """Directory entry i, its checksum, reserved fields and stamps checked ([DIR-1], [DIR-6]):
+    (the ``ModuleEntry``, the offsets of its name and of its path in the names section)."""
     doff = sections[F.SEC_DIRECTORY][0]
     noff, nsize = sections[F.SEC_NAMES]
     raw = bytes(mem[doff + i * F.MODULE_SIZE:doff + (i + 1) * F.MODULE_SIZE])
@@ -270,12 +278,19 @@ def read_entry(mem, sections, i):
     check(F.crc32(raw[R.offset("flags"):], name_b, path_b) == e["entry_crc"],
           f"{where}: checksum mismatch")
     check(e["reserved"] == bytes(R.width("reserved")), f"{where}: reserved bytes are not zero")
-    check(e["flags"] & ~F.MOD_PACKAGE == 0, f"{where}: reserved flags set")
+    flags = e["flags"]
+    check(flags & ~F.MOD_FLAGS == 0, f"{where}: reserved flags set")
+    package, first = bool(flags & F.MOD_PACKAGE), bool(flags & F.MOD_FIRST_IN_DIR)
+    dir_ns, pkg_ns = e["dir_mtime_ns"], e["pkg_mtime_ns"]
+    check(package or not pkg_ns, f"{where}: a package stamp for a module that is not a package")
+    check(not first or (dir_ns and (pkg_ns or not package)),
+          f"{where}: first-in-directory flag without the directory stamps ([DIR-6])")
     return ModuleEntry(
         name=name_b.decode("utf-8"), path=os.fsdecode(path_b), mtime_ns=e["source_mtime_ns"],
-        size=e["source_size"], is_package=bool(e["flags"] & F.MOD_PACKAGE),
+        size=e["source_size"], is_package=package,
         seg_off=e["segment_offset"], seg_size=e["segment_size"], root=e["root_offset"],
-        data_crc=e["data_crc"]), n_off, p_off
+        data_crc=e["data_crc"], dir_mtime_ns=dir_ns, pkg_mtime_ns=pkg_ns,
+        first_in_dir=first), n_off, p_off
 
 
 def read_directory(mem, header):

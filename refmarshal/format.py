@@ -102,7 +102,7 @@ MODULE_RECORD = Record("DIR", "a module directory entry (spec 3.1)", (
     ("entry_crc", "I"), ("flags", "I"), ("name_offset", "I"), ("name_length", "I"),
     ("path_offset", "I"), ("path_length", "I"), ("source_mtime_ns", "q"), ("source_size", "Q"),
     ("segment_offset", "Q"), ("segment_size", "I"), ("root_offset", "I"), ("data_crc", "I"),
-    ("reserved", "4x")))
+    ("reserved", "4x"), ("dir_mtime_ns", "q"), ("pkg_mtime_ns", "q")))
 STRING_RECORD = Record("STRIDX", "a string index entry (spec 4.1)", (
     ("offset", "I"), ("size", "I"), ("flags", "I"), ("crc", "I")))
 LOOKUP_HEAD_RECORD = Record("LOOKUPHEAD", "the head of the lookup table (spec 3.3)", (
@@ -118,7 +118,7 @@ RECORDS = (HEADER_RECORD, SECTION_RECORD, FINGERPRINT_RECORD, MODULE_RECORD, STR
            LOOKUP_HEAD_RECORD, LOOKUP_RECORD)
 
 HEADER_SIZE = HEADER_RECORD.size                               # [HDR-3] 256
-MODULE_SIZE = MODULE_RECORD.size                               # [SEC-2] 64 bytes an entry
+MODULE_SIZE = MODULE_RECORD.size                               # [SEC-2] 80 bytes an entry
 STRING_SIZE = STRING_RECORD.size                               # [SEC-2] 16 bytes an entry
 FINGERPRINT_OFFSET = HEADER_RECORD.offset("fingerprint")       # [HDR-7] spec 2.2
 FINGERPRINT_SIZE = FINGERPRINT_RECORD.size
@@ -143,6 +143,8 @@ def __getattr__(name):
 FLAG_OPTIMIZE_MASK = 0x3         # bits 0-1: the optimization level the code was compiled at
 
 MOD_PACKAGE = 0x1                # directory entry flags (spec 3.1)
+MOD_FIRST_IN_DIR = 0x2           # [DIR-6] stock finds the recorded file first in its directory
+MOD_FLAGS = MOD_PACKAGE | MOD_FIRST_IN_DIR
 STR_INTERNED = 0x1               # string index entry flags (spec 4.1)
 
 # Tags of tagged words: spec 5.3.  PTR is 0, so a pointer word holds the plain address.
@@ -332,16 +334,20 @@ def check_header(hdr, file_size, crc=crc32):
 
 
 class ModuleEntry:
-    """One directory entry ([DIR-1]), as both readers return it."""
+    """One directory entry ([DIR-1]), as both readers return it; ``dir_mtime_ns``,
+    ``pkg_mtime_ns`` and ``first_in_dir`` are its directory stamps and MOD_FIRST_IN_DIR
+    ([DIR-6])."""
     __slots__ = ("name", "path", "mtime_ns", "size", "is_package", "seg_off", "seg_size",
-                 "root", "data_crc")
+                 "root", "data_crc", "dir_mtime_ns", "pkg_mtime_ns", "first_in_dir")
 
     def __init__(self, name, path, mtime_ns, size, is_package, seg_off, seg_size, root,
-                 data_crc):
+                 data_crc, dir_mtime_ns=0, pkg_mtime_ns=0, first_in_dir=False):
         # plain assignments: the importer builds one of these for every module it serves
         self.name, self.path, self.mtime_ns, self.size = name, path, mtime_ns, size
         self.is_package, self.seg_off, self.seg_size, self.root = is_package, seg_off, seg_size, root
         self.data_crc = data_crc
+        self.dir_mtime_ns, self.pkg_mtime_ns = dir_mtime_ns, pkg_mtime_ns
+        self.first_in_dir = first_in_dir
 
     @property
     def block_size(self):

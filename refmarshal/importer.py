@@ -78,7 +78,8 @@ class ImageFinder:
         self.image = image
         self.path = image.path
         self._failed = set()       # modules that failed to load: stock from then on
-        self._validated = set()    # FileFinders whose listing find_spec checked (rm_import.c)
+        self._validated = set()    # FileFinders whose listing find_spec checked, and
+        #                            (directory, stamp) pairs it found true (rm_import.c)
         self._c, self._hook = image.new_hook(
             checked, self._failed, PathFinder, SourceFileLoader, ImageLoader, _warn_in_import,
             FileFinder, spec_from_file_location, _path_stat, self._validated)
@@ -110,9 +111,15 @@ class ImageFinder:
         """Specs found without asking PathFinder (rm_import.c: find_directly)."""
         return self._c.direct
 
+    @property
+    def stamped(self):
+        """Of the direct specs, those proven by the image's directory stamps alone, without a
+        FileFinder (rm_import.c: by_stamps)."""
+        return self._c.stamped
+
     def invalidate_caches(self):
-        """importlib.invalidate_caches() calls it: every directory listing is checked again
-        against its directory at its next use."""
+        """importlib.invalidate_caches() calls it: every directory listing and directory
+        stamp is checked again against its directory at its next use."""
         self._validated.clear()
 
     @property

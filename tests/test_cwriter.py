@@ -165,3 +165,30 @@ def test_objects_the_format_cannot_hold_are_refused():
     code = compile("x = 1", "m.py", "exec").replace(co_consts=(1, [2]))
     with pytest.raises(ImageError, match="list"):
         _native()(layouts.current(), {"m": ModuleSource("m.py", 0, 0, False, code)}, 0)
+
+
+def test_builds_with_directory_stamps_are_byte_identical(tmp_path):
+    """[DIR-6] Both writers, in one process or several, record the same directory stamps and
+    flags (building.directory_stamps fills ModuleSource for either)."""
+    from refmarshal.container import directory
+    src = tmp_path / "src"
+    files = {"p/__init__.py": "X = 1\n", "p/q/__init__.py": "",
+             **{f"p/m{i}.py": f"Y = {i}\n" for i in range(40)}}
+    for rel, text in files.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_text(text)
+    entries = [(rel[:-3].replace("/__init__", "").replace("/", "."), str(src / rel))
+               for rel in files]
+    t = 1_700_000_000_123_456_789
+    for d in [src / "p" / "q", src / "p", src]:
+        os.utime(d, ns=(t, t))
+    out = {}
+    for impl, jobs in (("reference", 1), ("native", 1), ("native", 2)):
+        img = tmp_path / f"{impl}{jobs}.img"
+        refmarshal.build(img, entries, implementation=impl, jobs=jobs)
+        out[impl, jobs] = img.read_bytes()
+    assert out["reference", 1] == out["native", 1] == out["native", 2]
+    es = {e.name: e for e in directory(tmp_path / "reference1.img").entries}
+    assert all(es[f"p.m{i}"].first_in_dir and es[f"p.m{i}"].dir_mtime_ns == t
+               for i in range(40))
+    assert es["p.q"].first_in_dir and (es["p.q"].dir_mtime_ns, es["p.q"].pkg_mtime_ns) == (t, t)

@@ -6,15 +6,18 @@ finder (test_importer's harness) and compares what they observed; `direct` count
 the finder made without asking PathFinder, so a test can tell the fast path was taken.
 """
 
+import importlib.machinery
 import json
 import os
 import textwrap
+import time
 
 import pytest
 
 import refmarshal
-from test_importer import (MODCODE, PRELUDE, both_modes, find_both, run, tree,  # noqa: F401
-                           write_tree)
+from refmarshal import container
+from test_importer import (MODCODE, PRELUDE, TREE, both_modes, find_both, run,  # noqa: F401
+                           tree, tree_entries, write_tree)
 
 pytestmark = pytest.mark.skipif(not refmarshal.accelerator_available(),
                                 reason="accelerator not built (the importer needs it)")
@@ -233,3 +236,254 @@ def test_source_edited_in_place_checked_and_unchecked(tree):
            for m in ("stock", "checked", "unchecked")}
     assert out["stock"] == out["checked"] == ["TREE", False]
     assert out["unchecked"] == ["tree", True]       # unchecked trusts the image, as documented
+
+
+# ---------------------------------------------------------------------------------------
+# Directory stamps ([DIR-6]): a submodule proven by its directories' mtimes, no FileFinder.
+
+EXT = importlib.machinery.EXTENSION_SUFFIXES[0]
+SUBMODULES = ["pkg.sub", "pkg.inner", "pkg.inner.helper", "pkg.inner.deep"]
+
+
+def backdate(root, seconds=100):
+    """Every directory under root (root too) last modified `seconds` ago, each with a
+    __pycache__ (as an installed package has: the stock runs' bytecode then changes no stamped
+    directory)."""
+    dirs = [root] + [p for p in root.rglob("*") if p.is_dir() and p.name != "__pycache__"]
+    for d in dirs:
+        (d / "__pycache__").mkdir(exist_ok=True)
+    t = time.time_ns() - seconds * 1_000_000_000
+    for d in sorted(root.rglob("*"), reverse=True) + [root]:
+        if d.is_dir():
+            os.utime(d, ns=(t, t))
+
+
+# test_importer's tree, and a package nothing imports
+LONE = {"pkg/lone/__init__.py": MODCODE, "pkg/lone/leaf.py": MODCODE + "WHO = 'leaf'\n"}
+
+
+@pytest.fixture
+def stamped(tmp_path):
+    """The tree of test_importer and LONE, its directories older than the build's racy
+    window."""
+    src = write_tree(tmp_path / "src", {**TREE, **LONE})
+    backdate(src)
+    img = tmp_path / "tree.img"
+    res = refmarshal.build(img, tree_entries(src) + [
+        ("pkg.lone", str(src / "pkg/lone/__init__.py")),
+        ("pkg.lone.leaf", str(src / "pkg/lone/leaf.py"))])
+    assert not res.skipped
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    return src, img, cwd
+
+
+def entries(img):
+    return {e.name: e for e in container.directory(img).entries}
+
+
+# Like test_importer's FIND, and which directories have a finder in sys.path_importer_cache.
+STAMPED = '''
+    import importlib, importlib.util, os
+    setup = sys.argv[3]
+    names = sys.argv[4].split(",")
+    exec(setup)
+    out = []
+    for name in names:
+        try:
+            m = importlib.import_module(name)
+        except ImportError as exc:
+            out.append(["ImportError", type(exc).__name__, str(exc)])
+            continue
+        spec = m.__spec__
+        out.append([m.__file__, getattr(m, "WHO", None), spec.origin, spec.cached,
+                    spec.has_location, spec.parent,
+                    spec.submodule_search_locations and list(spec.submodule_search_locations),
+                    type(spec.loader).__name__, m.__cached__, getattr(m, "__path__", None),
+                    owned(m)])
+    ours = os.path.dirname(importlib.util.find_spec("refmarshal").origin)   # install()'s own
+    cache = sorted(k for k, v in sys.path_importer_cache.items()
+                   if v is not None and not k.startswith(ours))
+    emit(dict(out=out, cache=cache, direct=finder and finder.direct,
+              stamped=finder and finder.stamped))
+'''
+
+
+def stamped_both(tree_, setup, names, modes=("stock", "checked")):
+    """{mode: what STAMPED observed}; everything but `owned` and the finders made equal to
+    stock's, every finder the image arm has one stock has too."""
+    src, img, cwd = tree_
+    out = {}
+    for mode in modes:
+        r = run(["-c", PRELUDE + textwrap.dedent(STAMPED), mode, str(img),
+                 textwrap.dedent(setup), ",".join(names)], cwd, pythonpath=[src])
+        assert r.stderr == "", r.stderr
+        out[mode] = json.loads(r.stdout)
+    for mode in modes[1:]:
+        assert [o[:-1] for o in out[mode]["out"]] == [o[:-1] for o in out["stock"]["out"]]
+        assert set(out[mode]["cache"]) <= set(out["stock"]["cache"])
+    return out
+
+
+def test_stamps_recorded_only_for_directories_outside_the_racy_window(stamped):
+    """[DIR-6] A build right after the tree was written records no stamp; one of an older tree
+    records each module's directory (and a package's own) and MOD_FIRST_IN_DIR."""
+    src, img, cwd = stamped
+    fresh = write_tree(cwd.parent / "fresh")
+    refmarshal.build(cwd.parent / "fresh.img", tree_entries(fresh))
+    assert all(e.dir_mtime_ns == e.pkg_mtime_ns == 0 and not e.first_in_dir
+               for e in entries(cwd.parent / "fresh.img").values())
+    es = entries(img)
+    inner = src / "pkg" / "inner"
+    assert es["pkg.inner.helper"].first_in_dir
+    assert es["pkg.inner.helper"].dir_mtime_ns == os.stat(inner).st_mtime_ns
+    assert es["pkg.inner.helper"].pkg_mtime_ns == 0
+    assert es["pkg.inner"].first_in_dir
+    assert es["pkg.inner"].dir_mtime_ns == os.stat(src / "pkg").st_mtime_ns
+    assert es["pkg.inner"].pkg_mtime_ns == os.stat(inner).st_mtime_ns
+    # touched just before a build: pkg/inner and what lives in it get no stamp
+    os.utime(inner)
+    refmarshal.build(img, tree_entries(src))
+    es = entries(img)
+    for name in ("pkg.inner", "pkg.inner.helper", "pkg.inner.deep"):
+        assert (es[name].dir_mtime_ns, es[name].pkg_mtime_ns, es[name].first_in_dir) == \
+            (es[name].dir_mtime_ns if name == "pkg.inner" else 0, 0, False)
+    assert es["pkg.sub"].first_in_dir and es["pkg.sub"].dir_mtime_ns
+
+
+def test_first_in_dir_not_recorded_when_another_candidate_exists(tmp_path):
+    """[DIR-6] Another file stock could take for the name (an extension module listed before
+    .py, a directory of that name, an __init__ with an extension suffix) means no flag."""
+    src = write_tree(tmp_path / "src", {
+        "p/__init__.py": MODCODE, "p/a.py": MODCODE, "p/b.py": MODCODE, "p/c.py": MODCODE,
+        "p/b" + EXT: "", "p/c/README": "", "q/__init__.py": MODCODE,
+        "q/__init__" + EXT: ""})
+    backdate(src)
+    img = tmp_path / "t.img"
+    refmarshal.build(img, [(n, str(src / f)) for n, f in [
+        ("p", "p/__init__.py"), ("p.a", "p/a.py"), ("p.b", "p/b.py"), ("p.c", "p/c.py"),
+        ("q", "q/__init__.py")]])
+    es = entries(img)
+    assert [es[n].first_in_dir for n in ("p", "p.a", "p.b", "p.c", "q")] == \
+        [True, True, False, False, False]
+
+
+def test_stamps_serve_submodules_without_a_filefinder(stamped):
+    src, img, cwd = stamped
+    out = stamped_both(stamped, "", ["mod", "pkg", *SUBMODULES],
+                       modes=("stock", "checked", "unchecked"))
+    for mode in ("checked", "unchecked"):
+        mine = out[mode]
+        assert [o[-1] for o in mine["out"]] == [True] * 6
+        assert mine["stamped"] == len(SUBMODULES) and mine["direct"] == 6
+        # stock made the package directories' FileFinders; the stamps needed none
+        assert set(out["stock"]["cache"]) - set(mine["cache"]) == {
+            str(src / "pkg"), str(src / "pkg" / "inner")}
+
+
+def test_tools_that_read_the_path_importer_cache_after_stamps(stamped):
+    """pkgutil and importlib.resources make the finders the stamps did not need."""
+    src, img, cwd = stamped
+    body = '''
+        import importlib.resources, pkgutil
+        import pkg.inner.helper
+        emit([sorted(m.name for m in pkgutil.iter_modules(pkg.__path__)),
+              sorted(m.name for m in pkgutil.iter_modules(pkg.inner.__path__)),
+              sorted(m.name for m in pkgutil.walk_packages(pkg.__path__, "pkg.")),
+              importlib.resources.files("pkg").joinpath("data.txt").read_text(),
+              str(importlib.resources.files("pkg.inner")),
+              type(pkgutil.get_importer(pkg.inner.__path__[0])).__name__,
+              owned(pkg.inner.helper), bool(finder and finder.stamped)])
+    '''
+    stock, mine = both_modes(body, img, cwd, pythonpath=[src])
+    assert mine[:-2] == stock[:-2] and mine[-2:] == [True, True]
+
+
+@pytest.mark.parametrize("change", ["extension", "package", "deleted", "init-extension",
+                                    "other-file"])
+def test_changes_after_the_build_in_a_stamped_directory(stamped, change):
+    """A name added, removed or shadowed in a stamped directory changes its mtime: stock's
+    answer, whatever it is (an extension module that fails to load included)."""
+    src, img, cwd = stamped
+    lone = src / "pkg" / "lone"
+    if change == "extension":
+        (lone / ("leaf" + EXT)).write_text("")
+    elif change == "package":
+        write_tree(lone, {"leaf/__init__.py": MODCODE + "WHO = 'package'\n"})
+    elif change == "deleted":
+        (lone / "leaf.py").unlink()
+    elif change == "init-extension":
+        (lone / ("__init__" + EXT)).write_text("")
+    else:
+        (lone / "other.py").write_text(MODCODE)
+    out = stamped_both(stamped, "", ["pkg.sub", "pkg.lone.leaf"])
+    stock, mine = out["stock"], out["checked"]
+    assert mine["out"][0][-1] is True            # pkg's directory did not change
+    assert mine["stamped"] == 3                  # pkg.sub, pkg.inner, pkg.inner.helper
+    got = stock["out"][1]
+    if change in ("extension", "init-extension"):
+        assert got[0] == "ImportError" and EXT in got[2]
+    elif change == "package":
+        assert got[1] == "package" and mine["out"][1][-1] is False
+    elif change == "deleted":
+        assert got[:2] == ["ImportError", "ModuleNotFoundError"]
+    else:
+        assert got[1] == "leaf" and mine["out"][1][-1] is True   # proven by the listing
+
+
+def test_invalidate_caches_after_a_change_in_the_same_process(stamped):
+    """Stamps are checked once per process, and again after importlib.invalidate_caches()."""
+    src, img, cwd = stamped
+    lone = src / "pkg" / "lone"
+    t = entries(img)["pkg.lone"].pkg_mtime_ns
+    setup = f'''
+        import shutil     # (left by the stock run; the directory's mtime as recorded again)
+        shutil.rmtree({str(lone / "leaf")!r}, ignore_errors=True)
+        os.utime({str(lone)!r}, ns=({t}, {t}))
+        import pkg.lone
+        os.mkdir({str(lone / "leaf")!r})
+        with open({str(lone / "leaf" / "__init__.py")!r}, "w") as fh:
+            fh.write({MODCODE!r} + "WHO = 'package'\\n")
+        importlib.invalidate_caches()
+    '''
+    out = stamped_both(stamped, setup, ["pkg.lone.leaf", "pkg.sub"])
+    assert out["stock"]["out"][0][1] == "package"
+    assert [o[-1] for o in out["checked"]["out"]] == [False, True]
+    assert out["checked"]["stamped"] == 4        # pkg.lone before the change, pkg.sub & co
+
+
+def test_source_edited_in_place_in_a_stamped_directory(stamped):
+    """Editing a file leaves its directory's mtime: checked mode still stats the source."""
+    src, img, cwd = stamped
+    helper = src / "pkg" / "inner" / "helper.py"
+    st = os.stat(helper)
+    helper.write_text(helper.read_text() + "WHO = 'edited'\n")
+    os.utime(helper, ns=(st.st_atime_ns, st.st_mtime_ns + 1000))
+    out = stamped_both(stamped, "", ["pkg.inner.helper"], modes=("stock", "checked"))
+    assert out["stock"]["out"][0][1] == "edited" and out["checked"]["out"][0][-1] is False
+    r = run(["-c", PRELUDE + "import pkg.inner.helper as h\nemit([getattr(h, 'WHO', None), "
+             "owned(h), finder.stamped])\n", "unchecked", str(img)], cwd, pythonpath=[src])
+    assert json.loads(r.stdout) == [None, True, 3]   # unchecked trusts the image
+
+
+def test_path_hooks_changed_or_path_extended(stamped):
+    """A path hook put before FileFinder's, or a second directory on the package's __path__:
+    the stamps prove nothing, stock decides."""
+    src, img, cwd = stamped
+    other = write_tree(cwd.parent / "other", {"pkg/lone/leaf.py": MODCODE + "WHO = 'other'\n"})
+    hook = '''
+        class Hook:
+            def __init__(self, path):
+                raise ImportError
+        sys.path_hooks.insert(0, Hook)
+        sys.path_importer_cache.clear()
+    '''
+    out = stamped_both(stamped, hook, ["pkg.lone.leaf"])
+    assert out["checked"]["stamped"] == 0 and out["checked"]["out"][0][-1] is True
+    extend = f'''
+        import pkg.lone
+        pkg.lone.__path__.insert(0, {str(other / "pkg" / "lone")!r})
+    '''
+    out = stamped_both(stamped, extend, ["pkg.lone.leaf"])
+    assert out["stock"]["out"][0][1] == "other" and out["checked"]["out"][0][-1] is False
+    assert out["checked"]["stamped"] == 4        # up to pkg.lone

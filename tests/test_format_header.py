@@ -48,9 +48,10 @@ def test_header_names_what_the_loader_reads_by_offset():
     assert [names[f"RM_DIR_{f}_OFF"] for f in (
         "ENTRY_CRC", "FLAGS", "NAME_OFFSET", "NAME_LENGTH", "PATH_OFFSET", "PATH_LENGTH",
         "SOURCE_MTIME_NS", "SOURCE_SIZE", "SEGMENT_OFFSET", "SEGMENT_SIZE", "ROOT_OFFSET",
-        "DATA_CRC", "RESERVED")] == [0, 4, 8, 12, 16, 20, 24, 32, 40, 48, 52, 56, 60]
+        "DATA_CRC", "RESERVED", "DIR_MTIME_NS", "PKG_MTIME_NS")] == [
+            0, 4, 8, 12, 16, 20, 24, 32, 40, 48, 52, 56, 60, 64, 72]
     assert (names["RM_DIR_BYTES"], names["RM_LOOKUPHEAD_BYTES"], names["RM_LOOKUP_BYTES"]) == \
-        (64, 8, 4)
+        (80, 8, 4)
     assert [names[f"RM_STRIDX_{f}_OFF"] for f in ("OFFSET", "SIZE", "FLAGS", "CRC")] == \
         [0, 4, 8, 12]
 

@@ -118,7 +118,8 @@ class AccelImage:
             ffi.unpack(info.name, info.name_len).decode("utf-8"),
             os.fsdecode(ffi.unpack(info.path, info.path_len)),
             info.mtime_ns, info.size, bool(info.flags & F.MOD_PACKAGE), info.seg_off,
-            info.seg_size, info.root, info.data_crc)
+            info.seg_size, info.root, info.data_crc, info.dir_mtime_ns, info.pkg_mtime_ns,
+            bool(info.flags & F.MOD_FIRST_IN_DIR))
 
     def _find(self, name):
         key = name.encode("utf-8")

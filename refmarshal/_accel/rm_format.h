@@ -14,7 +14,7 @@
 
 /* record sizes ([HDR-3], [SEC-2]) and where the header's parts are */
 #define HEADER_SIZE 256
-#define MODULE_SIZE 64
+#define MODULE_SIZE 80
 #define STRING_SIZE 16
 #define SECTION_TABLE_OFFSET 48
 #define FINGERPRINT_OFFSET 144
@@ -36,6 +36,8 @@
 /* flags: header ([HDR-9]), directory entry (3.1), string index entry (4.1) */
 #define FLAG_OPTIMIZE_MASK 3
 #define MOD_PACKAGE 1
+#define MOD_FIRST_IN_DIR 2
+#define MOD_FLAGS 3
 #define STR_INTERNED 1
 
 /* tagged words: the tag in the low TAG_BITS bits (5.3); the bitmap marking them (5.1) */
@@ -156,7 +158,11 @@
 #define RM_DIR_DATA_CRC_LEN 4
 #define RM_DIR_RESERVED_OFF 60
 #define RM_DIR_RESERVED_LEN 4
-#define RM_DIR_BYTES 64
+#define RM_DIR_DIR_MTIME_NS_OFF 64
+#define RM_DIR_DIR_MTIME_NS_LEN 8
+#define RM_DIR_PKG_MTIME_NS_OFF 72
+#define RM_DIR_PKG_MTIME_NS_LEN 8
+#define RM_DIR_BYTES 80
 
 /* STRIDX: a string index entry (spec 4.1) */
 #define RM_STRIDX_OFFSET_OFF 0
@@ -198,7 +204,7 @@ _Static_assert(C_END == C_BYTE + 256 && C_SMALL_INT + SMALL_INT_MAX - SMALL_INT_
 _Static_assert(RM_HDR_FINGERPRINT_OFF + RM_HDR_FINGERPRINT_LEN == RM_HDR_BYTES, "HDR fields fill the record");
 _Static_assert(RM_SECT_SIZE_OFF + RM_SECT_SIZE_LEN == RM_SECT_BYTES, "SECT fields fill the record");
 _Static_assert(RM_FP_VERSION_OFF + RM_FP_VERSION_LEN == RM_FP_BYTES, "FP fields fill the record");
-_Static_assert(RM_DIR_RESERVED_OFF + RM_DIR_RESERVED_LEN == RM_DIR_BYTES, "DIR fields fill the record");
+_Static_assert(RM_DIR_PKG_MTIME_NS_OFF + RM_DIR_PKG_MTIME_NS_LEN == RM_DIR_BYTES, "DIR fields fill the record");
 _Static_assert(RM_STRIDX_CRC_OFF + RM_STRIDX_CRC_LEN == RM_STRIDX_BYTES, "STRIDX fields fill the record");
 _Static_assert(RM_LOOKUPHEAD_GROUPS_OFF + RM_LOOKUPHEAD_GROUPS_LEN == RM_LOOKUPHEAD_BYTES, "LOOKUPHEAD fields fill the record");
 _Static_assert(RM_LOOKUP_SLOT_OFF + RM_LOOKUP_SLOT_LEN == RM_LOOKUP_BYTES, "LOOKUP fields fill the record");

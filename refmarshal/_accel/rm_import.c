@@ -77,6 +77,10 @@ typedef struct {              /* rm_hook.priv */
         IO_PATH_STAT      importlib's _path_stat
         IO_VALIDATED      set: FileFinders whose listing was checked against their directory in
                           this process (emptied by ImageFinder.invalidate_caches) */
+    PyObject *hooks[2];       /* sys.path_hooks' items default_hooks last judged (strong) */
+    int hooks_default;        /* its verdict on them */
+    PyObject *suffixes[2];    /* importlib's SOURCE_SUFFIXES, BYTECODE_SUFFIXES (strong) */
+    PyObject *suffixes_seen[2];   /* their items then, as tuples */
     int learnt;               /* the templates below: 0 not yet learnt, 1 usable, -1 not */
     made_like spec_tmpl[2];   /* a module's spec, a package's */
     made_like loader_tmpl;    /* an ImageLoader */
@@ -493,6 +497,147 @@ static int recorded_for(PyObject *fullname, const rm_entry_info *info, recorded 
     return rec->dir ? 1 : -1;
 }
 
+/* ---- Finding by directory stamps ([DIR-6]) ---------------------------------------------- *
+ * For a submodule whose search path (its parent's __path__) is exactly the directory the
+ * image recorded it in, MOD_FIRST_IN_DIR says that at build time stock's FileFinder would have
+ * taken the recorded file there and found no other candidate for the name, and directory
+ * stamps equal to the directories' mtimes now say that no name was added, removed or renamed
+ * there since: stock would take the same file, and the spec is made without a FileFinder.
+ * Each directory is stat'ed once per process (again after importlib.invalidate_caches()).
+ * Stock would have made that FileFinder with sys.path_hooks and kept it in
+ * sys.path_importer_cache: so this holds only while the cache has no entry for the directory
+ * (then the listing way above decides) and the hooks are the default ones, [zipimporter,
+ * FileFinder's hook with importlib's loaders] (judged once per hooks, default_hooks).
+ * Code that wants the FileFinder (pkgutil.get_importer, iter_modules) makes it on demand. */
+
+/* The (suffix, loader) pairs of stock's FileFinders: importlib's _get_supported_file_loaders
+   as they are now (a new reference), or NULL with an exception. */
+static PyObject *default_loaders(hook_priv *p) {
+    PyObject *ext = NULL, *imp = PyImport_ImportModule("_imp");
+    PyObject *bs = PyImport_ImportModule("_frozen_importlib_external");
+    PyObject *out = imp && bs ? PyList_New(0) : NULL;
+    if (out) ext = PyObject_CallMethod(imp, "extension_suffixes", NULL);
+    const char *kinds[3][2] = {{NULL, "ExtensionFileLoader"}, {"SOURCE_SUFFIXES", NULL},
+                               {"BYTECODE_SUFFIXES", "SourcelessFileLoader"}};
+    for (int k = 0; ext && k < 3; k++) {
+        PyObject *suffixes = kinds[k][0] ? PyObject_GetAttrString(bs, kinds[k][0])
+                                         : Py_NewRef(ext);
+        PyObject *loader = kinds[k][1] ? PyObject_GetAttrString(bs, kinds[k][1])
+                                       : Py_NewRef(p->obj[IO_SOURCE_LOADER]);
+        int ok = suffixes && loader && PyList_Check(suffixes);
+        if (ok && k > 0) {
+            Py_XSETREF(p->suffixes[k - 1], Py_NewRef(suffixes));
+            Py_XSETREF(p->suffixes_seen[k - 1], PyList_AsTuple(suffixes));
+            ok = p->suffixes_seen[k - 1] != NULL;
+        }
+        for (Py_ssize_t i = 0; ok && i < PyList_GET_SIZE(suffixes); i++) {
+            PyObject *pair = PyTuple_Pack(2, PyList_GET_ITEM(suffixes, i), loader);
+            ok = pair && PyList_Append(out, pair) == 0;
+            Py_XDECREF(pair);
+        }
+        Py_XDECREF(suffixes); Py_XDECREF(loader);
+        if (!ok && !PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "importlib's suffix lists are not lists");
+        if (!ok) Py_CLEAR(out);
+    }
+    Py_XDECREF(imp); Py_XDECREF(bs); Py_XDECREF(ext);
+    return out;
+}
+
+/* 1 when importlib's suffix lists hold what they held when the hooks were judged. */
+static int suffixes_unchanged(hook_priv *p) {
+    for (int k = 0; k < 2; k++) {
+        PyObject *l = p->suffixes[k], *t = p->suffixes_seen[k];
+        if (!l || !t || PyList_GET_SIZE(l) != PyTuple_GET_SIZE(t)) return 0;
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(t); i++)
+            if (PyList_GET_ITEM(l, i) != PyTuple_GET_ITEM(t, i)) return 0;
+    }
+    return 1;
+}
+
+/* 1 when sys.path_hooks would give `dir` a FileFinder with stock's default loaders: the
+   hooks are [zipimport.zipimporter (declines a directory), a hook that made such a finder
+   when tried on `dir`], judged once for given hook objects; 0 not, -1 error. */
+static int default_hooks(hook_priv *p, PyObject *dir) {
+    PyObject *hooks = PySys_GetObject("path_hooks");      /* borrowed */
+    if (!hooks || !PyList_CheckExact(hooks) || PyList_GET_SIZE(hooks) != 2) return 0;
+    PyObject *h0 = PyList_GET_ITEM(hooks, 0), *h1 = PyList_GET_ITEM(hooks, 1);
+    if (h0 == p->hooks[0] && h1 == p->hooks[1])
+        return p->hooks_default && suffixes_unchanged(p);
+    Py_XSETREF(p->hooks[0], Py_NewRef(h0));
+    Py_XSETREF(p->hooks[1], Py_NewRef(h1));
+    p->hooks_default = 0;
+    PyObject *zip = PyImport_ImportModule("zipimport");
+    PyObject *zi = zip ? PyObject_GetAttrString(zip, "zipimporter") : NULL;
+    PyObject *finder = zi && zi == h0 ? PyObject_CallOneArg(h1, dir) : NULL;
+    PyObject *want = finder ? default_loaders(p) : NULL;
+    PyObject *got = want && Py_TYPE(finder) == (PyTypeObject *)p->obj[IO_FILE_FINDER]
+                    ? PyObject_GetAttr(finder, s_loaders) : NULL;
+    int same = got ? PyObject_RichCompareBool(got, want, Py_EQ) : 0;
+    Py_XDECREF(zip); Py_XDECREF(zi); Py_XDECREF(finder); Py_XDECREF(want); Py_XDECREF(got);
+    if (same < 0 || PyErr_Occurred()) {       /* no verdict: judged again next time */
+        Py_CLEAR(p->hooks[0]);
+        Py_CLEAR(p->hooks[1]);
+        return -1;
+    }
+    p->hooks_default = same;
+    return same && suffixes_unchanged(p);
+}
+
+/* 1 when directory `dir` has the mtime `stamp` (stat'ed once per process for a directory and
+   stamp, kept in the validated set as (dir, stamp) until invalidate_caches), 0 not, -1 error. */
+static int stamp_holds(hook_priv *p, PyObject *dir, long long stamp) {
+    PyObject *ns = PyLong_FromLongLong(stamp);
+    PyObject *key = ns ? PyTuple_Pack(2, dir, ns) : NULL;
+    Py_XDECREF(ns);
+    int rc = key ? PySet_Contains(p->obj[IO_VALIDATED], key) : -1;
+    if (rc == 0) {
+        PyObject *fs = PyUnicode_EncodeFSDefault(dir);
+        struct stat st;
+        if (!fs) rc = -1;
+        else if (stat(PyBytes_AS_STRING(fs), &st) == 0 && S_ISDIR(st.st_mode)
+                 && (long long)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec == stamp)
+            rc = PySet_Add(p->obj[IO_VALIDATED], key) < 0 ? -1 : 1;
+        Py_XDECREF(fs);
+    }
+    Py_XDECREF(key);
+    return rc;
+}
+
+/* 1: stock would find the recorded file, its name in *full; 0: not proven; -1: error. */
+static int by_stamps(hook_priv *p, PyObject *path, const recorded *rec,
+                     const rm_entry_info *info, PyObject **full) {
+    if (!(info->flags & MOD_FIRST_IN_DIR) || !info->dir_mtime_ns
+        || (rec->package && !info->pkg_mtime_ns)
+        || !PyList_CheckExact(path) || PyList_GET_SIZE(path) != 1)
+        return 0;
+    PyObject *dir = PyList_GET_ITEM(path, 0);
+    if (!PyUnicode_CheckExact(dir) || PyUnicode_GET_LENGTH(dir) == 0
+        || PyUnicode_READ_CHAR(dir, 0) != '/' || PyUnicode_Compare(dir, rec->dir) != 0)
+        return 0;
+    PyObject *cache = PySys_GetObject("path_importer_cache");      /* borrowed */
+    if (!cache || !PyDict_CheckExact(cache)) return 0;
+    int rc = PyDict_Contains(cache, dir);
+    if (rc != 0) return rc < 0 ? -1 : 0;        /* a finder stock would use: look_in's way */
+    Py_INCREF(dir);                             /* (path may change under the calls below) */
+    PyObject *base = NULL, *file = NULL;
+    rc = stamp_holds(p, dir, info->dir_mtime_ns);
+    if (rc > 0 && rec->package) {
+        base = path_join(dir, rec->tail);
+        rc = base ? stamp_holds(p, base, info->pkg_mtime_ns) : -1;
+    }
+    if (rc > 0) rc = default_hooks(p, dir);     /* (dir exists: the hook can be tried) */
+    if (rc > 0) {
+        file = rec->package ? PyUnicode_FromString("__init__.py")
+                            : PyUnicode_FromFormat("%U.py", rec->tail);
+        *full = file ? path_join(rec->package ? base : dir, file) : NULL;
+        if (!*full) rc = -1;
+        else if (PyUnicode_Compare(*full, rec->path) != 0) { Py_CLEAR(*full); rc = 0; }
+    }
+    Py_DECREF(dir); Py_XDECREF(base); Py_XDECREF(file);
+    return rc;
+}
+
 /* 1: the spec (in *out); 0: not proven, ask PathFinder; -1: error. */
 static int find_directly(rm_hook *h, PyObject *hook_cap, PyObject *fullname, PyObject *path,
                          const rm_entry_info *info, PyObject **out) {
@@ -502,25 +647,31 @@ static int find_directly(rm_hook *h, PyObject *hook_cap, PyObject *fullname, PyO
     int rc = recorded_for(fullname, info, &rec);
     if (rc <= 0) goto done;
     rc = -1;
-    it = PyObject_GetIter(path == Py_None ? PySys_GetObject("path") : path);
-    if (!it) goto done;
-    PyObject *entry;
-    int found = 1;
-    while (found == 1 && (entry = PyIter_Next(it))) {
-        /* as PathFinder._get_spec: entries that are not str are skipped, so are those
-           without a finder */
-        PyObject *finder = PyUnicode_Check(entry) ? entry_finder(p, entry) : Py_NewRef(Py_None);
-        Py_DECREF(entry);
-        if (!finder) goto done;
-        if (finder == Py_None) found = 1;
-        else if (Py_TYPE(finder) != (PyTypeObject *)p->obj[IO_FILE_FINDER]) found = 0;
-        else found = look_in(p, finder, &rec, &full);
-        Py_DECREF(finder);
-        if (found < 0) goto done;
+    int stamped = by_stamps(p, path, &rec, info, &full);
+    if (stamped < 0) goto done;
+    if (!stamped) {
+        it = PyObject_GetIter(path == Py_None ? PySys_GetObject("path") : path);
+        if (!it) goto done;
+        PyObject *entry;
+        int found = 1;
+        while (found == 1 && (entry = PyIter_Next(it))) {
+            /* as PathFinder._get_spec: entries that are not str are skipped, so are those
+               without a finder */
+            PyObject *finder = PyUnicode_Check(entry) ? entry_finder(p, entry)
+                                                      : Py_NewRef(Py_None);
+            Py_DECREF(entry);
+            if (!finder) goto done;
+            if (finder == Py_None) found = 1;
+            else if (Py_TYPE(finder) != (PyTypeObject *)p->obj[IO_FILE_FINDER]) found = 0;
+            else found = look_in(p, finder, &rec, &full);
+            Py_DECREF(finder);
+            if (found < 0) goto done;
+        }
+        if (PyErr_Occurred()) goto done;
+        rc = 0;
+        if (found != 2) goto done;              /* ran out of entries, or not proven */
     }
-    if (PyErr_Occurred()) goto done;
     rc = 0;
-    if (found != 2) goto done;                  /* ran out of entries, or not proven */
     PyObject *fs = PyUnicode_EncodeFSDefault(full);
     if (!fs) { rc = -1; goto done; }
     int same = !h->checked || source_unchanged(PyBytes_AS_STRING(fs), info);
@@ -552,6 +703,7 @@ static int find_directly(rm_hook *h, PyObject *hook_cap, PyObject *fullname, PyO
     if (!*out) goto done;
     if (PyObject_SetAttr(loader, s_spec, *out) < 0) { Py_CLEAR(*out); goto done; }
     h->direct++;
+    h->stamped += stamped;
     rc = 1;
 done:
     Py_XDECREF(rec.tail); Py_XDECREF(rec.path); Py_XDECREF(rec.dir);
@@ -788,6 +940,9 @@ static void hook_free(rm_hook *h, hook_priv *p) {
         made_like_clear(&p->spec_tmpl[0]);
         made_like_clear(&p->spec_tmpl[1]);
         made_like_clear(&p->loader_tmpl);
+        for (int i = 0; i < 2; i++) {
+            Py_XDECREF(p->hooks[i]); Py_XDECREF(p->suffixes[i]); Py_XDECREF(p->suffixes_seen[i]);
+        }
     }
     free(p);
     free(h);

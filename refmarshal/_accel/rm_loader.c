@@ -453,7 +453,13 @@ int rm__check_entry(rm_image *img, uint32_t i, rm_entry_info *out, char *err, in
     if (crc != rd32(e + RM_DIR_ENTRY_CRC_OFF)) FAIL("directory entry %u: checksum mismatch", i);
     if (rd32(e + RM_DIR_RESERVED_OFF) != 0)
         FAIL("directory entry %u: reserved bytes are not zero", i);
-    if (flags & ~(uint32_t)MOD_PACKAGE) FAIL("directory entry %u: reserved flags set", i);
+    if (flags & ~(uint32_t)MOD_FLAGS)
+        FAIL("directory entry %u: reserved flags set", i);
+    int64_t dir_ns = (int64_t)rd64(e + RM_DIR_DIR_MTIME_NS_OFF);
+    int64_t pkg_ns = (int64_t)rd64(e + RM_DIR_PKG_MTIME_NS_OFF);
+    if ((pkg_ns && !(flags & MOD_PACKAGE))
+        || ((flags & MOD_FIRST_IN_DIR) && (!dir_ns || (!pkg_ns && (flags & MOD_PACKAGE)))))
+        FAIL("directory entry %u: directory stamps do not fit its flags ([DIR-6])", i);
     out->flags = flags;
     out->name = (const char *)name;  out->name_len = n_len;
     out->path = (const char *)path;  out->path_len = p_len;
@@ -463,6 +469,8 @@ int rm__check_entry(rm_image *img, uint32_t i, rm_entry_info *out, char *err, in
     out->seg_size = rd32(e + RM_DIR_SEGMENT_SIZE_OFF);
     out->root = rd32(e + RM_DIR_ROOT_OFFSET_OFF);
     out->data_crc = rd32(e + RM_DIR_DATA_CRC_OFF);
+    out->dir_mtime_ns = dir_ns;
+    out->pkg_mtime_ns = pkg_ns;
     rc = 0;
 fail:
     return rc;

@@ -24,6 +24,7 @@ typedef struct {
     unsigned long long size;
     unsigned long long seg_off;
     unsigned int seg_size, root, data_crc;
+    long long dir_mtime_ns, pkg_mtime_ns;     /* directory stamps, 0 when not recorded */
 } rm_entry_info;
 
 rm_image *rm_open(const char *path, int mode, char *err, int errlen);
@@ -52,6 +53,7 @@ typedef struct {
     long long hits;
     long long fallbacks;
     long long direct;
+    long long stamped;        /* of the direct specs, those proven by directory stamps */
     void *priv;
 } rm_hook;
 
