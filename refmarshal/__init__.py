@@ -6,20 +6,34 @@ Public API (spec/ describes the format, docs/ the rest):
 ``Image(path)``            open an image: ``.names()``, ``.get_code(name)``, ``.owns(obj)``
 ``ImageError``             raised for any malformed, foreign or unusable image
 
-Importing this package is cheap on purpose (the import hook runs at every interpreter start):
-the writer and the reference reader are imported only when first used.
+Importing this package is cheap on purpose (the import hook imports it at a process's first
+import): the writer and the reference reader are imported only when first used.
 """
 
 __all__ = ["ImageError", "Image", "build", "accelerator_available"]
+
+
+# The exception types of ``refmarshal.errors`` (which documents and exports them) are made
+# here, so that the import hook's path has one module fewer to import.
+class ImageError(Exception):
+    """An image is malformed, truncated, corrupted, stale or built for another interpreter.
+
+    The message says what is wrong and, where it applies, at which file offset.
+    Callers that import through an image treat it as "step aside": stock import carries on.
+    """
+    __module__ = "refmarshal.errors"
+
+
+class RefmarshalWarning(RuntimeWarning):
+    """An image cannot be used (or one of its modules cannot): refmarshal steps aside for it
+    and stock import carries on.  Issued once per problem."""
+    __module__ = "refmarshal.errors"
 
 
 def __getattr__(name):
     if name == "build":
         from .building import build
         return build
-    if name == "ImageError":    # not imported with the package: the start-up hook needs none
-        from .errors import ImageError
-        return ImageError
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

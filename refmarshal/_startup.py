@@ -1,7 +1,8 @@
 """What the ``refmarshal.pth`` line runs at every interpreter start: a PendingFinder where the
 image finder goes.  The image is opened (and the accelerator imported) at the first import
-that reaches it, so ``python -c pass`` pays for two small modules (this one and its package)
-and one stat.
+that reaches it, so ``python -c pass`` pays for this one small module and one stat: the line
+loads it from its file, without searching ``sys.path`` nor importing the package
+(``importer.pth_text``); the package is loaded the same way at the first import (``_package``).
 
 In a subinterpreter (3.12+) it does nothing: see ``in_main_interpreter``.  Nor without debug
 ranges (``-X no_debug_ranges``, ``PYTHONNODEBUGRANGES``): see ``importer._debug_ranges``.
@@ -75,6 +76,7 @@ def run(image=None, refresh=None):
                for f in mp):
             return                          # already in place (the .pth read twice)
         if PathFinder not in mp or not os.path.exists(path):
+            _package()
             from .importer import install   # says why, once
             _refresh_at_exit(install(path, checked=checked), refresh)
             return
@@ -106,6 +108,7 @@ class PendingFinder:
             return None
         self.done = True            # the imports made while installing pass by
         try:
+            _package()
             from .importer import install
             finder = install(self.path, checked=self.checked)
             _refresh_at_exit(finder, self.refresh)
@@ -115,6 +118,23 @@ class PendingFinder:
         if fullname in sys.modules:  # installing imported it (e.g. _cffi_backend, imported first)
             return _already_imported(sys.modules[fullname])
         return None if finder is None else finder.find_spec(fullname, path, target)
+
+
+def _package():
+    """Make sure the package ``refmarshal`` is imported before a module of it is: the one this
+    module's directory holds, loaded from its file when it is not imported yet (the ``.pth``
+    line loaded this module the same way), so that the first import does not search
+    ``sys.path`` for it, which may now have, in front, a directory that shadows it."""
+    pkg = sys.modules.get(__package__)
+    if pkg is None:
+        from _frozen_importlib import _load
+        from _frozen_importlib_external import spec_from_file_location
+        here = os.path.dirname(__file__)
+        pkg = _load(spec_from_file_location(__package__, os.path.join(here, "__init__.py"),
+                                            submodule_search_locations=[here]))
+    if "_startup" not in vars(pkg):
+        pkg._startup = sys.modules[__name__]     # as importing this module would have set
+    return pkg
 
 
 def _refresh_at_exit(finder, refresh):
