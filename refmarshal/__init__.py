@@ -38,9 +38,12 @@ def __getattr__(name):
 
 
 def accelerator_available():
-    """True when the compiled accelerator imports and matches this interpreter."""
+    """True when the compiled accelerator imports and matches this interpreter: both its
+    modules, the import hook's (``_hook``) and cffi's (``_loader``), which the rest of the API
+    reads images through."""
     try:
-        from ._accel import loader  # noqa: F401
+        from ._accel import loader
+        loader.load_cffi()
     except ImportError:
         return False
     return True
@@ -52,7 +55,8 @@ def Image(path, implementation="auto"):
     if implementation not in ("auto", "accel", "reference"):
         raise ValueError(f"unknown implementation {implementation!r}")
     if implementation == "accel" or (implementation == "auto" and accelerator_available()):
-        from ._accel.loader import AccelImage
+        from ._accel.loader import AccelImage, load_cffi
+        load_cffi()         # ImportError without cffi's module: names() and entry() use it
         return AccelImage(path)
     from .reader import ReferenceImage
     return ReferenceImage(path)

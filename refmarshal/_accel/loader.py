@@ -38,7 +38,7 @@ class _OnFirstUse:
         self._name = name
 
     def __getattr__(self, attr):
-        return getattr(_load_cffi()[self._name], attr)
+        return getattr(load_cffi()[self._name], attr)
 
     def __repr__(self):
         return f"<{self._name}: loaded at its first use>"
@@ -47,8 +47,9 @@ class _OnFirstUse:
 ffi, lib, F = _OnFirstUse("ffi"), _OnFirstUse("lib"), _OnFirstUse("F")
 
 
-def _load_cffi():
-    """cffi's module (``ffi``, ``lib``) and format.py (``F``), put in this module's globals."""
+def load_cffi():
+    """cffi's module (``ffi``, ``lib``) and format.py (``F``), put in this module's globals
+    (ImportError when cffi's module cannot be imported)."""
     global ffi, lib, F
     if type(lib) is _OnFirstUse:
         from .. import format as F
