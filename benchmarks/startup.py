@@ -20,6 +20,7 @@ imports       each statement in fresh processes, REFMARSHAL=0 (stock) and the im
 """
 
 import argparse
+import json
 import os
 import resource
 import statistics
@@ -60,7 +61,8 @@ for i, name in enumerate((first, second)):
     spec = step(f"find_spec {i}", lambda: f.find_spec(name))
     step(f"get_code {i}", lambda: spec.loader.get_code(name))
 assert f.hits == 2, f
-print(" ".join(f"{n.replace(' ', '_')}={ms:.4f}" for n, ms in steps))
+import json
+print(json.dumps(steps))
 print("imported:", " ".join(m for m in ("_cffi_backend", "refmarshal._accel._loader",
                                         "refmarshal.format", "refmarshal.errors", "struct",
                                         "zlib", "warnings") if m in sys.modules) or "-")
@@ -136,14 +138,14 @@ def first_import(args):
         out = subprocess.run([python(args.venv), "-c", FIRST_IMPORT, first, second],
                              env=clean_env(REFMARSHAL="0"), capture_output=True, text=True,
                              check=True).stdout.splitlines()
-        steps = {k.replace("_", " "): v for k, v in (kv.split("=") for kv in out[0].split())}
+        steps = dict(json.loads(out[0]))
         # by module: its find_spec and get_code as the process's first or second
         for k, n in (("0", first), ("1", second)):
             steps[f"find_spec {n} ({'first' if k == '0' else 'second'})"] = steps.pop(
-                f"find spec {k}")
+                f"find_spec {k}")
             steps[f"get_code {n} ({'first' if k == '0' else 'second'})"] = steps.pop(
-                f"get code {k}")
-        runs.append({k: float(v) for k, v in steps.items()})
+                f"get_code {k}")
+        runs.append(steps)
         also.add(out[1])
     keys = dict.fromkeys(k for r in runs for k in r)      # each module first in half the runs
     med = {k: statistics.median(r[k] for r in runs if k in r) for k in keys}
