@@ -48,14 +48,26 @@ def level_path(path, optimize):
     return f"{path[:-4] if path.endswith('.img') else path}.opt-{optimize}.img"
 
 
+_ran = None                     # run's arguments, once it has run
+
+
 def run(image=None, refresh=None):
     """``refresh``: auto-refresh is on (``refmarshal enable --auto-refresh``), at most one
     rebuild every ``refresh`` seconds: when the image is opened, an ``atexit`` handler is
     registered that may start one (``refmarshal.refresh``)."""
+    global _ran
+    _ran = (image, refresh)     # the .pth line, read again, does not call run again
     env = os.environ
     if env.get("REFMARSHAL") == "0":
         return
     try:
+        if _shadowed():         # ordinary import finds another refmarshal: that one runs
+            del sys.modules[__name__]
+            try:
+                import refmarshal._startup as other
+            except ImportError:
+                return
+            return other.run(image, refresh)
         if not in_main_interpreter():
             return
         from _frozen_importlib_external import PathFinder
@@ -118,6 +130,19 @@ class PendingFinder:
         if fullname in sys.modules:  # installing imported it (e.g. _cffi_backend, imported first)
             return _already_imported(sys.modules[fullname])
         return None if finder is None else finder.find_spec(fullname, path, target)
+
+
+def _shadowed():
+    """True when the ``.pth`` line loaded this module from its file (``importer.pth_text``; its
+    package is not imported then) where importing ``refmarshal._startup`` would find another
+    file: this installation's directory is not on ``sys.path``, or an entry before it holds
+    a ``refmarshal``."""
+    if __package__ in sys.modules:
+        return False            # imported the ordinary way, or the package is loaded
+    root, path = os.path.dirname(os.path.dirname(__file__)), sys.path
+    if root not in path:
+        return True
+    return any(os.path.exists(os.path.join(d, __package__)) for d in path[:path.index(root)])
 
 
 def _package():

@@ -37,28 +37,29 @@ def pth_text(image=None, refresh=None):
     level (``_startup.level_path``).  ``refresh``: auto-refresh, at most one rebuild every
     ``refresh`` seconds (``refmarshal.refresh``).
 
-    The line loads ``_startup`` from this installation's file without searching ``sys.path``
-    for the package (about half a millisecond at every start): that is what importing it
-    would find while this installation's directory is on ``sys.path`` and no entry before it
-    has a ``refmarshal``.  Otherwise (another ``refmarshal`` in front, this one moved or
-    uninstalled) it imports ``refmarshal._startup`` the ordinary way, and does nothing,
-    silently, when there is none (refmarshal uninstalled and the file left behind)."""
-    args = [] if image is None else [repr(os.fspath(image))]
+    The line loads ``_startup`` from this installation's file, without searching ``sys.path``
+    for it nor importing the package (about half a millisecond at every start); ``_startup``
+    hands over to ordinary import where that would find another file
+    (``_startup._shadowed``).  When the file is gone it imports ``refmarshal._startup`` the
+    ordinary way, and does nothing, silently, when there is none (refmarshal uninstalled and
+    the file left behind).  site compiles the line at every start: it is kept short."""
+    image = None if image is None else os.fspath(image)
+    args = [] if image is None else [repr(image)]
     if refresh is not None:
         args.append(f"refresh={refresh!r}")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    startup = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_startup.py")
     code = ("try:\n"
-            " import os, _frozen_importlib as b, _frozen_importlib_external as e\n"
-            f" r, p, n = {root!r}, sys.path, 'refmarshal'\n"
-            " if r not in p or any(os.path.exists(os.path.join(d, n)) for d in p[:p.index(r)]):"
-            " raise OSError\n"
-            " s = sys.modules.get(n + '._startup') or b._load(e.spec_from_file_location(n +"
-            " '._startup', os.path.join(r, n, '_startup.py')))\n"
+            " import _frozen_importlib as b, _frozen_importlib_external as e\n"
+            " s = sys.modules.get('refmarshal._startup') or b._load(e.spec_from_file_location("
+            f"'refmarshal._startup', {startup!r}))\n"
             "except Exception:\n"
             " try: import refmarshal._startup as s\n"
             " except ImportError: s = None\n"
             f"if s: s.run({', '.join(args)})")
-    return f"import sys; exec({code!r}, {{'sys': sys}})\n"
+    # site reads a virtual environment's site-packages twice: the second time, the line only
+    # sees that _startup.run has run with its arguments (_startup._ran)
+    return (f"import sys; getattr(sys.modules.get('refmarshal._startup'), '_ran', 0) == "
+            f"{(image, refresh)!r} or exec({code!r})\n")
 
 
 def _warn(message, stacklevel=2):

@@ -153,9 +153,9 @@ def run(*args, **kwargs):
 
 
 def test_pth_line_imports_as_ordinary_import_would(venv, tree, tmp_path):
-    """The line loads this installation's _startup from its file only where importing
-    refmarshal._startup would find that file: a refmarshal in a sys.path entry before it (here
-    PYTHONPATH) is the one imported, as stock import would."""
+    """The line loads this installation's _startup from its file, which hands over to
+    ordinary import where that would find another file: a refmarshal in a sys.path entry
+    before it (here PYTHONPATH) is the one that runs, as before."""
     python, site = venv
     src, img, cwd = tree
     shadow = write_tree(tmp_path / "shadow", {"refmarshal/__init__.py": "",
@@ -170,9 +170,8 @@ def test_pth_line_imports_as_ordinary_import_would(venv, tree, tmp_path):
 
 def test_pth_line_names_this_installation():
     line = importer.pth_text()
-    root = os.path.dirname(os.path.dirname(importer.__file__))
-    assert repr(root) in line and line.count("\n") == 1
-    assert os.path.isfile(os.path.join(root, "refmarshal", "_startup.py"))
+    startup = os.path.join(os.path.dirname(importer.__file__), "_startup.py")
+    assert repr(startup) in line and line.count("\n") == 1 and os.path.isfile(startup)
 
 
 def test_debug_ranges_probe(tmp_path):
