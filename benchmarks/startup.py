@@ -40,11 +40,14 @@ S = sys.modules["refmarshal._startup"]   # the .pth line loaded it (REFMARSHAL=0
 from _frozen_importlib_external import PathFinder
 PathFinder.find_spec("refmarshal_benchmark_no_such_module")
 # what PendingFinder.find_spec does at the first import, step by step
-step("refmarshal (package)", S._package)
-step("refmarshal.importer", lambda: __import__("refmarshal.importer"))
-step("refmarshal._accel", lambda: __import__("refmarshal._accel"))
-step("_accel._hook (the .so)", lambda: sys.modules["refmarshal._accel"].load_hook())
-step("refmarshal._accel.loader", lambda: __import__("refmarshal._accel.loader"))
+# importing refmarshal's modules from their files (_startup._load_hook_modules), one at a time
+hook_modules = S._HOOK_MODULES
+for i, (name, _) in enumerate(hook_modules):
+    if name == "refmarshal._accel.loader":
+        step("refmarshal._accel._hook (the .so)",
+             lambda: sys.modules["refmarshal._accel"].load_hook())
+    S._HOOK_MODULES = hook_modules[:i + 1]
+    step(name, S._load_hook_modules)
 from refmarshal import importer as I
 from refmarshal._accel import loader as L
 img = step("open", lambda: L.AccelImage(S.default_image_path()))
@@ -125,8 +128,9 @@ def hook(args):
     for arm in wall:
         print(f"  {arm:8s} wall median {statistics.median(wall[arm]):6.2f} ms, "
               f"CPU mean {statistics.mean(cpu[arm]):6.2f} ms")
-    print(f"  difference: wall median {statistics.median(wall['hook']) - statistics.median(wall['no hook']):+.2f} ms, "
-          f"CPU mean {statistics.mean(cpu['hook']) - statistics.mean(cpu['no hook']):+.2f} ms")
+    dw = statistics.median(wall["hook"]) - statistics.median(wall["no hook"])
+    dc = statistics.mean(cpu["hook"]) - statistics.mean(cpu["no hook"])
+    print(f"  difference: wall median {dw:+.2f} ms, CPU mean {dc:+.2f} ms")
 
 
 def first_import(args):
