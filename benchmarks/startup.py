@@ -2,7 +2,7 @@
 (`refmarshal build && refmarshal enable`, or `benchmarks/imports.py` made one):
 
     python benchmarks/startup.py --venv VENV hook [--runs 150] [--line TEXT]
-    python benchmarks/startup.py --venv VENV first-import [--runs 20]
+    python benchmarks/startup.py --venv VENV first-import [--runs 20] [--clock wall|cpu]
     python benchmarks/startup.py --venv VENV imports [--runs 30] STATEMENT ...
 
 hook          `VENV/bin/python -c pass` with refmarshal.pth in site-packages and moved away,
@@ -30,15 +30,18 @@ import time
 
 FIRST_IMPORT = r"""
 import sys, time
-T = time.perf_counter
+T = {"wall": time.perf_counter, "cpu": time.thread_time}[sys.argv[3]]
 steps = []
 def step(name, f):
     t = T(); r = f(); steps.append((name, (T() - t) * 1e3)); return r
 S = sys.modules["refmarshal._startup"]   # the .pth line loaded it (REFMARSHAL=0: did nothing)
 # What stock import would pay at its first import too: a FileFinder (a directory listing) for
-# every sys.path entry.
+# every sys.path entry, and (sys.argv[4]) a first module loaded from a .pyc (the modules
+# imported at start are frozen): its Python steps run for the first time in the process.
 from _frozen_importlib_external import PathFinder
 PathFinder.find_spec("refmarshal_benchmark_no_such_module")
+if sys.argv[4] == "warm":
+    import colorsys
 # what PendingFinder.find_spec does at the first import, step by step
 # importing refmarshal's modules from their files (_startup._load_hook_modules), one at a time
 hook_modules = S._HOOK_MODULES
@@ -139,7 +142,8 @@ def first_import(args):
     also = set()
     for i in range(args.runs):
         first, second = pair if i % 2 else pair[::-1]
-        out = subprocess.run([python(args.venv), "-c", FIRST_IMPORT, first, second],
+        out = subprocess.run([python(args.venv), "-c", FIRST_IMPORT, first, second, args.clock,
+                              "cold" if args.cold else "warm"],
                              env=clean_env(REFMARSHAL="0"), capture_output=True, text=True,
                              check=True).stdout.splitlines()
         steps = dict(json.loads(out[0]))
@@ -154,7 +158,8 @@ def first_import(args):
     keys = dict.fromkeys(k for r in runs for k in r)      # each module first in half the runs
     med = {k: statistics.median(r[k] for r in runs if k in r) for k in keys}
     print(f"the first import's steps, {args.runs} fresh processes (REFMARSHAL=0, each step "
-          f"timed by hand in the order the start-up hook takes them), ms, median:")
+          f"timed by hand in the order the start-up hook takes them), {args.clock} time, ms, "
+          f"median:")
     fixed = 0.0
     for name, ms in med.items():
         if name.startswith(("find_spec ", "get_code ")):
@@ -207,6 +212,10 @@ def main():
     h.add_argument("--line", help="this .pth line instead of refmarshal's")
     f = sub.add_parser("first-import", help="the first import's fixed cost, step by step")
     f.add_argument("--runs", type=int, default=20)
+    f.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="cpu: the thread's CPU time, less disturbed by a busy machine")
+    f.add_argument("--cold", action="store_true",
+                   help="refmarshal's modules are the process's first loaded from a .pyc")
     i = sub.add_parser("imports", help="statements, stock against the image")
     i.add_argument("--runs", type=int, default=30)
     i.add_argument("statements", nargs="+")
