@@ -145,6 +145,27 @@ def test_pth_hook_imports_one_module_at_start_and_no_cffi_at_the_first_import(ve
     assert owned and attached
 
 
+def test_hook_works_without_cffi(tree):
+    """The import hook needs only the accelerator's C module: with cffi's backend not
+    importable it still serves modules; the API (names, entry) says cffi is missing."""
+    src, img, cwd = tree
+    code = textwrap.dedent('''
+        import sys
+        sys.modules["_cffi_backend"] = None
+        import refmarshal, refmarshal._startup as s
+        s.run()
+        import mod
+        f = [f for f in sys.meta_path if type(f).__name__ == "ImageFinder"][0]
+        try:
+            f.image.names()
+        except ImportError:
+            names = "ImportError"
+        print(f.image.owns(mod.MODCODE), f.hits, names, refmarshal.accelerator_available())
+    ''')
+    r = run(["-c", code], cwd, pythonpath=[src], env={"REFMARSHAL_IMAGE": str(img)})
+    assert (r.stdout, r.stderr) == ("True 1 ImportError False\n", "")
+
+
 SHADOW_STARTUP = '''
 import sys
 def run(*args, **kwargs):

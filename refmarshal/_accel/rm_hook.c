@@ -10,8 +10,11 @@
  * do, through cffi (loader.py's `ffi` and `lib`, loaded on first use).
  *
  * These functions are called with the GIL held, in the main interpreter (loader.py refuses
- * another one on 3.12+).  rm_install_method, rm_image_capsule and rm_hook_new (rm_import.c)
- * take the GIL with PyGILState_Ensure, which is a no-op for the thread that holds it.
+ * another one on 3.12+) or in one of 3.11's, which share its GIL.  rm_install_method,
+ * rm_image_capsule and rm_hook_new (rm_import.c) take the GIL with PyGILState_Ensure, as
+ * cffi's calls need: they are called here as cffi calls them, with the GIL released
+ * (PyGILState_Ensure knows the main interpreter's thread state only: from a 3.11
+ * subinterpreter, with the GIL held, it would wait for the GIL forever).
  *
  * The header check ([HDR-1..9], [SEC-2]) is format.check_header's, on the names of the
  * generated rm_format.h: check_header() below says only whether the header passes, and what
@@ -170,7 +173,11 @@ static PyObject *hook_image_capsule(PyObject *mod, PyObject *const *args, Py_ssi
     PyList_SET_ITEM(io, 0, Py_NewRef(args[1]));
     PyList_SET_ITEM(io, 1, Py_NewRef(args[2]));
     PyObject *cap = NULL;
-    if (rm_image_capsule(img, io) == 0) cap = Py_NewRef(PyList_GET_ITEM(io, 2));
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = rm_image_capsule(img, io);
+    Py_END_ALLOW_THREADS
+    if (rc == 0) cap = Py_NewRef(PyList_GET_ITEM(io, 2));
     else PyErr_NoMemory();
     Py_DECREF(io);
     return cap;
@@ -181,7 +188,11 @@ static PyObject *hook_install_method(PyObject *mod, PyObject *const *args, Py_ss
         return PyErr_Format(PyExc_TypeError, "install_method(cls, key: str)");
     const char *key = PyUnicode_AsUTF8(args[1]);
     if (!key) return NULL;
-    if (rm_install_method(args[0], key) != 0)
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = rm_install_method(args[0], key);
+    Py_END_ALLOW_THREADS
+    if (rc != 0)
         return PyErr_Format(PyExc_ImportError, "refmarshal accelerator: cannot install %s", key);
     Py_RETURN_NONE;
 }
@@ -240,7 +251,10 @@ static PyObject *hook_new_hook(PyObject *mod, PyObject *const *args, Py_ssize_t 
         return PyErr_Format(PyExc_TypeError, "new_hook(checked, io: list)");
     int checked = PyObject_IsTrue(args[0]);
     if (checked < 0) return NULL;
-    rm_hook *h = rm_hook_new(checked, args[1]);
+    rm_hook *h;
+    Py_BEGIN_ALLOW_THREADS
+    h = rm_hook_new(checked, args[1]);
+    Py_END_ALLOW_THREADS
     if (!h) return PyErr_Format(PyExc_ValueError, "cannot set up the import hook");
     HookState *s = PyObject_New(HookState, &HookStateType);
     if (!s) return NULL;
