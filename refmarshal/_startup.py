@@ -162,9 +162,12 @@ def _load_hook_modules():
     the ``.pth`` line loaded from its file: ``sys.path`` may now have, in front, a directory
     that shadows it.  A module already imported is left as it is; the accelerator's Python
     side may fail to load: ``importer._open`` imports it again and says why."""
+    here = os.path.dirname(__file__)
+    pkg = sys.modules.get(__package__)
+    if pkg is not None and here not in getattr(pkg, "__path__", ()):
+        return                  # another refmarshal is imported: importing finds its modules
     from _frozen_importlib import _load
     from _frozen_importlib_external import spec_from_file_location
-    here = os.path.dirname(__file__)
     for name, rel in _HOOK_MODULES:
         module = sys.modules.get(name)
         if module is None:
