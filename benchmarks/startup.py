@@ -2,22 +2,25 @@
 (`refmarshal build && refmarshal enable`, or `benchmarks/imports.py` made one):
 
     python benchmarks/startup.py --venv VENV hook [--runs 150] [--line TEXT]
-    python benchmarks/startup.py --venv VENV first-import [--runs 5]
+    python benchmarks/startup.py --venv VENV first-import [--runs 20] [--clock wall|cpu]
     python benchmarks/startup.py --venv VENV imports [--runs 30] STATEMENT ...
 
 hook          `VENV/bin/python -c pass` with refmarshal.pth in site-packages and moved away,
               interleaved: the start-up hook's cost.  `--line TEXT` puts TEXT in the .pth
               instead of refmarshal's line for the hook arm (e.g. "import sys": what any .pth
               line costs).
-first-import  in one fresh process after start, each step the first import through the image
-              takes, timed in turn: importing refmarshal's modules and the accelerator, opening
-              the image, the first directory lookup and the first get_code.
+first-import  in fresh processes after start, each step the first import through the image
+              takes, timed in turn: refmarshal's modules and the accelerator's C module,
+              opening the image, making the finder, then find_spec and get_code of two modules
+              (json, keyword), first or second in turn: the first's extra time is part of the
+              fixed cost.  `--runs` processes (default 20), medians.
 imports       each statement in fresh processes, REFMARSHAL=0 (stock) and the image interleaved:
               median wall time of the whole process and of the statement inside it, and how
               many bytes of the image the statement read.
 """
 
 import argparse
+import json
 import os
 import resource
 import statistics
@@ -27,25 +30,48 @@ import time
 
 FIRST_IMPORT = r"""
 import sys, time
-T = time.perf_counter
+T = {"wall": time.perf_counter, "cpu": time.thread_time}[sys.argv[3]]
 steps = []
 def step(name, f):
-    t = T(); f(); steps.append((name, (T() - t) * 1e3))
-import refmarshal
-step("refmarshal.errors", lambda: __import__("refmarshal.errors"))
-step("refmarshal.importer", lambda: __import__("refmarshal.importer"))
-step("refmarshal.format", lambda: __import__("refmarshal.format"))
-step("_cffi_backend", lambda: __import__("_cffi_backend"))
-step("refmarshal._accel._loader", lambda: __import__("refmarshal._accel._loader"))
-step("refmarshal._accel.loader", lambda: __import__("refmarshal._accel.loader"))
-from refmarshal._accel.loader import AccelImage
-from refmarshal.importer import default_image_path
-img = []
-step("open", lambda: img.append(AccelImage(default_image_path())))
-step("first_entry", lambda: img[0].entry("json.decoder"))
-step("first_get_code", lambda: img[0].get_code("json.decoder"))
-print(" ".join(f"{n}={ms:.3f}" for n, ms in steps))
-print("imported:", " ".join(m for m in ("struct", "zlib") if m in sys.modules) or "-")
+    t = T(); r = f(); steps.append((name, (T() - t) * 1e3)); return r
+S = sys.modules["refmarshal._startup"]   # the .pth line loaded it (REFMARSHAL=0: did nothing)
+# What stock import would pay at its first import too: a FileFinder (a directory listing) for
+# every sys.path entry, and (sys.argv[4]) a first module loaded from a .pyc (the modules
+# imported at start are frozen): its Python steps run for the first time in the process.
+from _frozen_importlib_external import PathFinder
+PathFinder.find_spec("refmarshal_benchmark_no_such_module")
+if sys.argv[4] == "warm":
+    import colorsys
+# what PendingFinder.find_spec does at the first import, step by step
+# importing refmarshal's modules from their files (_startup._load_hook_modules), one at a time
+hook_modules = S._HOOK_MODULES
+for i, (name, _) in enumerate(hook_modules):
+    if name == "refmarshal._accel.loader":
+        step("refmarshal._accel._hook (the .so)",
+             lambda: sys.modules["refmarshal._accel"].load_hook())
+    S._HOOK_MODULES = hook_modules[:i + 1]
+    step(name, S._load_hook_modules)
+from refmarshal import importer as I
+from refmarshal._accel import loader as L
+img = step("open", lambda: L.AccelImage(S.default_image_path()))
+def finder():     # the rest of importer._open and install
+    L.install_method(I.ImageFinder, "ImageFinder.find_spec")
+    L.install_method(I.ImageLoader, "ImageLoader.get_code")
+    assert img.optimize == sys.flags.optimize and I._debug_ranges()
+    f = I.ImageFinder(img, True)
+    sys.meta_path.insert(sys.meta_path.index(I.PathFinder), f)
+    return f
+f = step("finder", finder)
+first, second = sys.argv[1:3]
+for i, name in enumerate((first, second)):
+    spec = step(f"find_spec {i}", lambda: f.find_spec(name))
+    step(f"get_code {i}", lambda: spec.loader.get_code(name))
+assert f.hits == 2, f
+import json
+print(json.dumps(steps))
+print("imported:", " ".join(m for m in ("_cffi_backend", "refmarshal._accel._loader",
+                                        "refmarshal.format", "refmarshal.errors", "struct",
+                                        "zlib", "warnings") if m in sys.modules) or "-")
 """
 
 IMPORTS = r"""
@@ -105,24 +131,53 @@ def hook(args):
     for arm in wall:
         print(f"  {arm:8s} wall median {statistics.median(wall[arm]):6.2f} ms, "
               f"CPU mean {statistics.mean(cpu[arm]):6.2f} ms")
-    print(f"  difference: wall median {statistics.median(wall['hook']) - statistics.median(wall['no hook']):+.2f} ms, "
-          f"CPU mean {statistics.mean(cpu['hook']) - statistics.mean(cpu['no hook']):+.2f} ms")
+    dw = statistics.median(wall["hook"]) - statistics.median(wall["no hook"])
+    dc = statistics.mean(cpu["hook"]) - statistics.mean(cpu["no hook"])
+    print(f"  difference: wall median {dw:+.2f} ms, CPU mean {dc:+.2f} ms")
 
 
 def first_import(args):
     runs = []
-    for _ in range(args.runs):
-        out = subprocess.run([python(args.venv), "-c", FIRST_IMPORT], env=clean_env(REFMARSHAL="0"),
-                             capture_output=True, text=True, check=True).stdout.splitlines()
-        runs.append(dict(kv.split("=") for kv in out[0].split()))
-        also = out[1]
-    print(f"the first import's steps, {args.runs} fresh processes, ms (min-max):")
-    total = [sum(float(v) for v in r.values()) for r in runs]
-    for name in runs[0]:
-        vals = [float(r[name]) for r in runs]
-        print(f"  {name:28s} {min(vals):.2f}-{max(vals):.2f}")
-    print(f"  {'in all':28s} {min(total):.2f}-{max(total):.2f}")
-    print(f"  {also}")
+    pair = ("json", "keyword")      # two modules the image holds, not imported at start
+    also = set()
+    for i in range(args.runs):
+        first, second = pair if i % 2 else pair[::-1]
+        out = subprocess.run([python(args.venv), "-c", FIRST_IMPORT, first, second, args.clock,
+                              "cold" if args.cold else "warm"],
+                             env=clean_env(REFMARSHAL="0"), capture_output=True, text=True,
+                             check=True).stdout.splitlines()
+        steps = dict(json.loads(out[0]))
+        # by module: its find_spec and get_code as the process's first or second
+        for k, n in (("0", first), ("1", second)):
+            steps[f"find_spec {n} ({'first' if k == '0' else 'second'})"] = steps.pop(
+                f"find_spec {k}")
+            steps[f"get_code {n} ({'first' if k == '0' else 'second'})"] = steps.pop(
+                f"get_code {k}")
+        runs.append(steps)
+        also.add(out[1])
+    keys = dict.fromkeys(k for r in runs for k in r)      # each module first in half the runs
+    med = {k: statistics.median(r[k] for r in runs if k in r) for k in keys}
+    print(f"the first import's steps, {args.runs} fresh processes (REFMARSHAL=0, each step "
+          f"timed by hand in the order the start-up hook takes them), {args.clock} time, ms, "
+          f"median:")
+    fixed = 0.0
+    for name, ms in med.items():
+        if name.startswith(("find_spec ", "get_code ")):
+            continue
+        fixed += ms
+        print(f"  {name:34s} {ms:6.3f}")
+    # the first lookup and load pay once for what later ones find ready (the directory's
+    # pages, the singletons' table...): the same module's first less its second
+    for what in ("find_spec", "get_code"):
+        for n in pair:
+            a, b = med[f"{what} {n} (first)"], med[f"{what} {n} (second)"]
+            print(f"  {what} {n:9s} first {a:6.3f}, second {b:6.3f}")
+        extra = statistics.mean(med[f"{what} {n} (first)"] - med[f"{what} {n} (second)"]
+                                for n in pair)
+        fixed += extra
+        print(f"  {what + ': first less second':34s} {extra:6.3f}")
+    print(f"  {'fixed cost in all':34s} {fixed:6.3f}")
+    print(f"  {' / '.join(sorted(also))}")
 
 
 def imports(args):
@@ -156,7 +211,11 @@ def main():
     h.add_argument("--runs", type=int, default=150)
     h.add_argument("--line", help="this .pth line instead of refmarshal's")
     f = sub.add_parser("first-import", help="the first import's fixed cost, step by step")
-    f.add_argument("--runs", type=int, default=5)
+    f.add_argument("--runs", type=int, default=20)
+    f.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="cpu: the thread's CPU time, less disturbed by a busy machine")
+    f.add_argument("--cold", action="store_true",
+                   help="refmarshal's modules are the process's first loaded from a .pyc")
     i = sub.add_parser("imports", help="statements, stock against the image")
     i.add_argument("--runs", type=int, default=30)
     i.add_argument("statements", nargs="+")

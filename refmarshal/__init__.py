@@ -6,27 +6,44 @@ Public API (spec/ describes the format, docs/ the rest):
 ``Image(path)``            open an image: ``.names()``, ``.get_code(name)``, ``.owns(obj)``
 ``ImageError``             raised for any malformed, foreign or unusable image
 
-Importing this package is cheap on purpose (the import hook runs at every interpreter start):
-the writer and the reference reader are imported only when first used.
+Importing this package is cheap on purpose (the import hook imports it at a process's first
+import): the writer and the reference reader are imported only when first used.
 """
 
 __all__ = ["ImageError", "Image", "build", "accelerator_available"]
+
+
+# The exception types of ``refmarshal.errors`` (which documents and exports them) are made
+# here, so that the import hook's path has one module fewer to import.
+class ImageError(Exception):
+    """An image is malformed, truncated, corrupted, stale or built for another interpreter.
+
+    The message says what is wrong and, where it applies, at which file offset.
+    Callers that import through an image treat it as "step aside": stock import carries on.
+    """
+    __module__ = "refmarshal.errors"
+
+
+class RefmarshalWarning(RuntimeWarning):
+    """An image cannot be used (or one of its modules cannot): refmarshal steps aside for it
+    and stock import carries on.  Issued once per problem."""
+    __module__ = "refmarshal.errors"
 
 
 def __getattr__(name):
     if name == "build":
         from .building import build
         return build
-    if name == "ImageError":    # not imported with the package: the start-up hook needs none
-        from .errors import ImageError
-        return ImageError
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def accelerator_available():
-    """True when the compiled accelerator imports and matches this interpreter."""
+    """True when the compiled accelerator imports and matches this interpreter: both its
+    modules, the import hook's (``_hook``) and cffi's (``_loader``), which the rest of the API
+    reads images through."""
     try:
-        from ._accel import loader  # noqa: F401
+        from ._accel import loader
+        loader.load_cffi()
     except ImportError:
         return False
     return True
@@ -38,7 +55,8 @@ def Image(path, implementation="auto"):
     if implementation not in ("auto", "accel", "reference"):
         raise ValueError(f"unknown implementation {implementation!r}")
     if implementation == "accel" or (implementation == "auto" and accelerator_available()):
-        from ._accel.loader import AccelImage
+        from ._accel.loader import AccelImage, load_cffi
+        load_cffi()         # ImportError without cffi's module: names() and entry() use it
         return AccelImage(path)
     from .reader import ReferenceImage
     return ReferenceImage(path)

@@ -1,14 +1,15 @@
-"""The one exception type every malformed or unusable image raises."""
+"""The one exception type every malformed or unusable image raises, and the warning for an
+image (or a module of it) that refmarshal steps aside for:
 
+``ImageError``          an image is malformed, truncated, corrupted, stale or built for another
+                        interpreter; callers that import through an image step aside
+``RefmarshalWarning``   an image cannot be used (or one of its modules cannot): stock import
+                        carries on; issued once per problem
 
-class ImageError(Exception):
-    """An image is malformed, truncated, corrupted, stale or built for another interpreter.
+Both are made in the package's ``__init__`` (the import hook's path imports one module fewer)
+and are the same objects here.
+"""
 
-    The message says what is wrong and, where it applies, at which file offset.
-    Callers that import through an image treat it as "step aside": stock import carries on.
-    """
+from . import ImageError, RefmarshalWarning
 
-
-class RefmarshalWarning(RuntimeWarning):
-    """An image cannot be used (or one of its modules cannot): refmarshal steps aside for it
-    and stock import carries on.  Issued once per problem."""
+__all__ = ["ImageError", "RefmarshalWarning"]

@@ -22,7 +22,7 @@ from _frozen_importlib_external import (FileFinder, PathFinder, SourceFileLoader
                                         spec_from_file_location)
 
 from ._startup import PendingFinder, default_image_path, in_main_interpreter
-from .errors import RefmarshalWarning
+from . import RefmarshalWarning   # refmarshal.errors's, made in the package
 
 PTH_NAME = "refmarshal.pth"
 
@@ -32,17 +32,34 @@ __all__ = ["install", "uninstall", "default_image_path", "pth_text", "PTH_NAME",
 
 def pth_text(image=None, refresh=None):
     """The line ``refmarshal enable`` writes to ``PTH_NAME`` in site-packages.  site executes
-    lines starting with ``import``; the try keeps interpreter start silent if refmarshal was
-    uninstalled and the file left behind.  ``image``: an image other than the default
+    lines starting with ``import``.  ``image``: an image other than the default
     (``REFMARSHAL_IMAGE`` still overrides it); under ``-O``/``-OO`` the one beside it for that
     level (``_startup.level_path``).  ``refresh``: auto-refresh, at most one rebuild every
-    ``refresh`` seconds (``refmarshal.refresh``)."""
-    args = [] if image is None else [repr(os.fspath(image))]
+    ``refresh`` seconds (``refmarshal.refresh``).
+
+    The line loads ``_startup`` from this installation's file, without searching ``sys.path``
+    for it nor importing the package (about half a millisecond at every start); ``_startup``
+    hands over to ordinary import where that would find another file
+    (``_startup._shadowed``).  When the file is gone it imports ``refmarshal._startup`` the
+    ordinary way, and does nothing, silently, when there is none (refmarshal uninstalled and
+    the file left behind).  site compiles the line at every start: it is kept short."""
+    image = None if image is None else os.fspath(image)
+    args = [] if image is None else [repr(image)]
     if refresh is not None:
         args.append(f"refresh={refresh!r}")
-    code = ("try: import refmarshal._startup as s\nexcept ImportError: s = None\n"
+    startup = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_startup.py")
+    code = ("try:\n"
+            " import _frozen_importlib as b, _frozen_importlib_external as e\n"
+            " s = sys.modules.get('refmarshal._startup') or b._load(e.spec_from_file_location("
+            f"'refmarshal._startup', {startup!r}))\n"
+            "except Exception:\n"
+            " try: import refmarshal._startup as s\n"
+            " except ImportError: s = None\n"
             f"if s: s.run({', '.join(args)})")
-    return f"import sys; exec({code!r})\n"
+    # site reads a virtual environment's site-packages twice: the second time, the line only
+    # sees that _startup.run has run with its arguments (_startup._ran)
+    return (f"import sys; getattr(sys.modules.get('refmarshal._startup'), '_ran', 0) == "
+            f"{(image, refresh)!r} or exec({code!r})\n")
 
 
 def _warn(message, stacklevel=2):
@@ -181,7 +198,7 @@ def _open(path, checked):
         if reason.startswith(path + ": "):
             reason = reason[len(path) + 2:]
         return _decline(path, reason, 5)
-    level = image.header["optimize"]
+    level = image.optimize
     if level != sys.flags.optimize:
         return _decline(path, f"built at optimization level {level}, this interpreter runs "
                               f"at level {sys.flags.optimize}", 5)
@@ -197,8 +214,13 @@ def _debug_ranges():
     every code object the interpreter makes, from source or from a .pyc, loses its column
     positions (tracebacks show no carets); an image's code keeps those it was built with.
     The start-up hook steps aside silently for the option and the variable (a user's choice,
-    not a problem: CPython's own tests read such children's stderr); install() says why."""
-    return any(p[2] is not None for p in compile("0", "", "eval").co_positions())
+    not a problem: CPython's own tests read such children's stderr); install() says why.
+
+    ``code.replace()`` makes a code object the way compiling and unmarshalling do, so it is
+    asked (a few microseconds); ``compile()`` would make the ``ast`` module's classes first,
+    one to seven milliseconds at a process's first call."""
+    code = _debug_ranges.__code__.replace()
+    return any(p[2] is not None for p in code.co_positions())
 
 
 def install(path=None, *, checked=True):

@@ -481,10 +481,11 @@ def test_other_optimization_level_is_declined(tree):
 
 
 BROKEN_ACCEL = {
-    "not built": 'sys.modules["refmarshal._accel._loader"] = None\n',
+    # the import hook's way into the accelerator is its C module _hook (rm_hook.c)
+    "not built": 'sys.modules["refmarshal._accel._hook"] = None\n',
     # a module that imports but is not the accelerator: not an ImportError, still declined
-    "broken": 'import types\nbad = types.ModuleType("refmarshal._accel._loader")\n'
-              'bad.ffi = bad.lib = object()\nsys.modules[bad.__name__] = bad\n',
+    "broken": 'import types\nbad = types.ModuleType("refmarshal._accel._hook")\n'
+              'sys.modules[bad.__name__] = bad\n',
 }
 
 
@@ -648,7 +649,7 @@ FIRST = '''
 '''
 
 
-@pytest.mark.parametrize("first", ["importlib.util", "struct", "_cffi_backend",
+@pytest.mark.parametrize("first", ["importlib.util", "struct", "_cffi_backend", "refmarshal",
                                    "refmarshal._accel.loader", "refmarshal.format", "mod"])
 def test_modules_the_hook_imports_are_imported_once(tree, first):
     """The first import wakes the PendingFinder, which imports the accelerator: when that

@@ -1,10 +1,16 @@
 """The accelerator's Python side: policy around what rm_loader.c and rm_import.c do.
 
 ``AccelImage`` has the API of ``reader.ReferenceImage``.  C does the directory lookup, the
-checks and the fix-ups; Python checks the header once.  ``get_code`` (and the import hook's
-``find_spec`` and ``get_code``) are C methods (rm_import.c), so loading a module runs no Python
-frame.  This module is on the import hook's path at every interpreter start, so it imports only
-the container constants (format.py), never the reference reader or writer.
+checks and the fix-ups; the header is checked once, when the image is opened.  ``get_code``
+(and the import hook's ``find_spec`` and ``get_code``) are C methods (rm_import.c), so loading a
+module runs no Python frame.
+
+The accelerator is one shared object with two modules in it (build_accel.py):
+``_hook`` (rm_hook.c), a plain CPython module with what the import hook needs (open an image
+and check its header, the capsules, the C methods), and cffi's ``_loader`` (``ffi``, ``lib``)
+for everything else.  This module is on the import hook's path at a process's first import,
+so it imports ``_hook`` only: ``ffi``, ``lib`` and the format module (``F``) are loaded at
+their first use (``names``, ``entry``, ``header``, the tests, the CLI), never by the hook.
 """
 
 import os
@@ -12,22 +18,49 @@ import sys
 
 import _thread
 
-from .. import format as F
-from ..errors import ImageError
+from .. import ImageError   # refmarshal.errors's, made in the package
 
 # The main interpreter only: _startup.in_main_interpreter says why (not imported from there:
 # this module is below the import hook, ARCHITECTURE.md).  _is_main_interpreter is 3.12+.
 if not getattr(_thread, "_is_main_interpreter", lambda: True)():
     raise ImportError("the refmarshal accelerator works in the main interpreter only")
 
-from ._loader import ffi, lib  # noqa: E402
+from . import load_hook  # noqa: E402
 
-if lib.rm_python_version() >> 16 != sys.hexversion >> 16:
-    raise ImportError("refmarshal accelerator was built for another Python version")
+_hook = load_hook()         # the C module that holds what the import hook uses
+
+
+class _OnFirstUse:
+    """Stands for the module global ``ffi``, ``lib`` or ``F`` until its first attribute use,
+    which loads cffi's module (or format.py) and puts the real object in its place."""
+
+    def __init__(self, name):
+        self._name = name
+
+    def __getattr__(self, attr):
+        return getattr(load_cffi()[self._name], attr)
+
+    def __repr__(self):
+        return f"<{self._name}: loaded at its first use>"
+
+
+ffi, lib, F = _OnFirstUse("ffi"), _OnFirstUse("lib"), _OnFirstUse("F")
+
+
+def load_cffi():
+    """cffi's module (``ffi``, ``lib``) and format.py (``F``), put in this module's globals
+    (ImportError when cffi's module cannot be imported)."""
+    global ffi, lib, F
+    if type(lib) is _OnFirstUse:
+        from .. import format as F
+        from ._loader import ffi, lib
+        if lib.rm_python_version() >> 16 != sys.hexversion >> 16:
+            raise ImportError("refmarshal accelerator was built for another Python version")
+    return {"ffi": ffi, "lib": lib, "F": F}
 
 
 def address(obj):
-    """obj as C sees it, for the functions that take Python objects (cffi has no PyObject*
+    """obj as C sees it, for the cffi functions that take Python objects (cffi has no PyObject*
     arguments): CPython's id() is the object's address.  The caller keeps obj alive."""
     return ffi.cast("void *", id(obj))
 
@@ -37,20 +70,19 @@ def install_method(cls, key):
     wrapper put there later (the profiler's) stays.  cls must not define it in Python."""
     if key.split(".")[1] in vars(cls):
         return
-    if lib.rm_install_method(address(cls), key.encode()) != 0:
-        raise ImportError(f"refmarshal accelerator: cannot install {key}")
+    _hook.install_method(cls, key)
 
 _ERRLEN = 256
 # How the image's bytes are brought into memory (rm_loader.h); benchmarks compare them.  "auto"
 # is the default: huge pages are faster, but where the kernel compacts memory to make one (THP
 # "defrag" setting "madvise" or "always") a fault stalled imports by hundreds of milliseconds on
 # a busy machine (BENCHMARKS.md), so there it uses small pages.
-MODES = {"huge-pages": lib.RM_MODE_HUGE_PAGES, "small-pages": lib.RM_MODE_SMALL_PAGES,
-         "file-mapping": lib.RM_MODE_FILE_MAPPING, "auto": lib.RM_MODE_AUTO}
+MODES = {"huge-pages": _hook.MODE_HUGE_PAGES, "small-pages": _hook.MODE_SMALL_PAGES,
+         "file-mapping": _hook.MODE_FILE_MAPPING, "auto": _hook.MODE_AUTO}
 
 
 def _crc32(*chunks):
-    """format.crc32 in C: zlib is not imported at start-up for one header."""
+    """format.crc32 in C: zlib is not imported for one header."""
     c = 0
     for chunk in chunks:
         c = lib.rm_crc32(c, chunk, len(chunk))
@@ -64,34 +96,60 @@ class AccelImage:
 
     def __init__(self, path, mode="auto"):
         self.path = os.fspath(path)
-        self._err = ffi.new("char[]", _ERRLEN)
-        handle = lib.rm_open(os.fsencode(self.path), MODES[mode], self._err, _ERRLEN)
-        if handle == ffi.NULL:
-            raise ImageError(f"{self.path}: {self._error()}")
-        self._handle = handle
-        self._base = int(ffi.cast("uintptr_t", lib.rm_base(handle)))
-        self._size = lib.rm_size(handle)
         try:
-            # rm_open has read the header: the region starts with the file's first bytes
-            header = bytes(ffi.buffer(lib.rm_base(handle), F.HEADER_SIZE))
-            self.header = F.check_header(header, self._size, _crc32)
-        except ImageError as exc:
-            self._handle = None          # closed here, not again by __del__
-            lib.rm_close(handle)
+            addr, self._base, self._size, hdr, self.optimize, problem = _hook.open(
+                os.fsencode(self.path), MODES[mode])
+        except ValueError as exc:      # rm_open's message
             raise ImageError(f"{self.path}: {exc}") from None
-        self.sections = self.header["sections"]
+        if problem is not None:        # the message is format.check_header's
+            _hook.close(addr)
+            try:
+                F.check_header(hdr, self._size, _crc32)
+            except ImageError as exc:
+                problem = str(exc)
+            raise ImageError(f"{self.path}: {problem}") from None
+        self._addr = addr              # closed by __del__
+        self._header = hdr
         self._entries = {}
-        io = [self.path, ImageError]
-        if lib.rm_image_capsule(handle, address(io)) != 0:
-            raise ImageError(f"{self.path}: out of memory")
-        self._capsule = io[2]      # what the C methods reach the image through
+        self._capsule = _hook.image_capsule(addr, self.path, ImageError)
+        # what the C methods reach the image through
 
     def __del__(self):
         # rm_close keeps the memory while any module's code lives in it ([LOAD-4])
-        handle = getattr(self, "_handle", None)
-        if handle is not None:
-            self._handle = None
-            lib.rm_close(handle)
+        addr = getattr(self, "_addr", None)
+        if addr is not None:
+            self._addr = None
+            _hook.close(addr)
+
+    @property
+    def header(self):
+        """The header's fields (``format.check_header``'s dict), parsed at the first use."""
+        h = self.__dict__.get("_fields")
+        if h is None:
+            h = self._fields = F.check_header(self._header, self._size, _crc32)
+        return h
+
+    @property
+    def sections(self):
+        return self.header["sections"]
+
+    @property
+    def _handle(self):
+        """The image as cffi sees it (``rm_image *``), for the functions called through cffi."""
+        h = self.__dict__.get("_cffi_handle")
+        if h is None:
+            if self._addr is None:
+                raise ImageError(f"{self.path}: closed")
+            h = self._cffi_handle = ffi.cast("rm_image *", self._addr)
+        return h
+
+    @property
+    def _err(self):
+        """A buffer for the message of a cffi function that fails."""
+        e = self.__dict__.get("_errbuf")
+        if e is None:
+            e = self._errbuf = ffi.new("char[]", _ERRLEN)
+        return e
 
     def _error(self):
         return ffi.string(self._err).decode(errors="replace")
@@ -99,12 +157,12 @@ class AccelImage:
     @property
     def relocated(self):
         """True when the image is not at its preferred base (PTR records applied)."""
-        return bool(lib.rm_relocated(self._handle))
+        return _hook.relocated(self._addr)
 
     @property
     def bytes_read(self):
         """How many bytes of the file have been brought into memory so far."""
-        return lib.rm_bytes_read(self._handle)
+        return _hook.bytes_read(self._addr)
 
     def owns(self, obj):
         return self._base <= id(obj) < self._base + self._size
@@ -131,7 +189,7 @@ class AccelImage:
         return index
 
     def names(self):
-        return [self._entry_at(i).name for i in range(lib.rm_module_count(self._handle))]
+        return [self._entry_at(i).name for i in range(_hook.module_count(self._addr))]
 
     def entry(self, name):
         """The directory entry of ``name`` (KeyError when the image does not hold it)."""
@@ -146,13 +204,13 @@ class AccelImage:
 
     def new_hook(self, checked, *objects):
         """The C state of an import hook on this image (rm_import.c: rm_hook_new lists the
-        objects it takes): its rm_hook, which Python reads and sets, and the capsule that owns
-        it, which the C methods use."""
-        io = [self, *objects]
-        hook = lib.rm_hook_new(int(checked), address(io))
-        if hook == ffi.NULL:
-            raise ImageError(f"{self.path}: cannot set up the import hook")
-        return hook, io[-1]
+        objects it takes): its switches and counters (``checked``, ``disabled``, ``hits``,
+        ``fallbacks``, ``direct``: rm_hook's fields, which Python reads and sets) and the
+        capsule that owns them, which the C methods use."""
+        try:
+            return _hook.new_hook(checked, [self, *objects])
+        except ValueError:
+            raise ImageError(f"{self.path}: cannot set up the import hook") from None
 
 
 install_method(AccelImage, "AccelImage.get_code")
