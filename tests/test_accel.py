@@ -369,3 +369,27 @@ def test_LOAD_3_code_versions_are_distinct_and_continue_the_counter(stdlib_image
             assert found == "1"
     else:
         assert (found, top, later) == ("0", "0", "0")
+
+
+def test_OBJ_9_a_shared_frozenset_stays_one_object(tmp_path):
+    """Two code objects sharing one frozenset constant (compile() merges equal constants, and
+    marshal keeps the sharing) share it after loading too, in both readers."""
+    src = tmp_path / "fs.py"
+    src.write_text("def f(x): return x in {1, 2, 'a'}\ndef g(x): return x in {1, 2, 'a'}\n")
+    img = tmp_path / "fs.img"
+    refmarshal.build(img, [("fs", src)])
+    script = textwrap.dedent('''
+        import sys, refmarshal
+        def shared(code):
+            f, g = [k for k in code.co_consts if hasattr(k, "co_code")]
+            a, = [k for k in f.co_consts if type(k) is frozenset]
+            b, = [k for k in g.co_consts if type(k) is frozenset]
+            return a is b and a == frozenset({1, 2, "a"})
+        fresh = compile(open(sys.argv[2]).read(), sys.argv[2], "exec")
+        print(shared(fresh), *(shared(refmarshal.Image(sys.argv[1], implementation=i)
+                                      .get_code("fs")) for i in ("reference", "accel")))
+    ''')
+    r = subprocess.run([sys.executable, "-c", script, str(img), str(src)], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["True", "True", "True"]

@@ -833,18 +833,31 @@ fail:
     return rc;
 }
 
-/* Frozensets ([OBJ-9]): built from their (now fixed-up) tuples, owned by the image forever. */
+/* Frozensets ([OBJ-9]): built from their (now fixed-up) tuples, owned by the image forever.
+   Words that point at one tuple get one frozenset, as marshal shares one object between
+   references (a module has a handful of frozensets: a linear search is enough). */
 static int build_frozensets(module_load *m, char *err, int errlen) {
     int rc = -1;
-    for (size_t i = 0; i < m->frozensets.n; i++) {
-        PyObject **w = m->frozensets.at[i];
-        if (!PyTuple_CheckExact(*w)) FAIL("a frozenset's items are not a tuple");
-        PyObject *fs = PyFrozenSet_New(*w);
-        if (!fs) { PyErr_Clear(); FAIL("cannot build a frozenset"); }
+    size_t n = m->frozensets.n;
+    PyObject **tuples = n ? malloc(n * sizeof *tuples) : NULL;
+    if (n && !tuples) FAIL("out of memory");
+    for (size_t i = 0; i < n; i++) {
+        PyObject **w = m->frozensets.at[i], *fs = NULL;
+        tuples[i] = *w;
+        for (size_t j = 0; j < i && !fs; j++)
+            if (tuples[j] == tuples[i]) fs = *m->frozensets.at[j];
+        if (!fs) {
+            if (!PyTuple_CheckExact(tuples[i])) FAIL("a frozenset's items are not a tuple");
+            if (!(fs = PyFrozenSet_New(tuples[i]))) {
+                PyErr_Clear();
+                FAIL("cannot build a frozenset");
+            }
+        }
         *w = fs;
     }
     rc = 0;
 fail:
+    free(tuples);
     return rc;
 }
 
