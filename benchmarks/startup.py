@@ -26,7 +26,12 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+
+# Children run in an empty folder: run from a checkout, '' on sys.path would find the
+# checkout's refmarshal instead of the venv's (the hook then hands over to it).
+NEUTRAL = tempfile.mkdtemp(prefix="rm-startup-")
 
 FIRST_IMPORT = r"""
 import sys, time
@@ -118,7 +123,7 @@ def hook(args):
                     os.remove(pth)
                 r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
                 t0 = time.perf_counter()
-                subprocess.run([py, "-c", "pass"], env=clean_env(), check=True)
+                subprocess.run([py, "-c", "pass"], env=clean_env(), check=True, cwd=NEUTRAL)
                 wall[arm].append((time.perf_counter() - t0) * 1e3)
                 r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
                 cpu[arm].append((r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime) * 1e3)
@@ -145,7 +150,7 @@ def first_import(args):
         out = subprocess.run([python(args.venv), "-c", FIRST_IMPORT, first, second, args.clock,
                               "cold" if args.cold else "warm"],
                              env=clean_env(REFMARSHAL="0"), capture_output=True, text=True,
-                             check=True).stdout.splitlines()
+                             check=True, cwd=NEUTRAL).stdout.splitlines()
         steps = dict(json.loads(out[0]))
         # by module: its find_spec and get_code as the process's first or second
         for k, n in (("0", first), ("1", second)):
@@ -191,7 +196,8 @@ def imports(args):
             for arm in ("0", "1") if i % 2 else ("1", "0"):
                 t0 = time.perf_counter()
                 out = subprocess.run([py, "-c", IMPORTS, stmt], env=clean_env(REFMARSHAL=arm),
-                                     capture_output=True, text=True, check=True).stdout.split()
+                                     capture_output=True, text=True, check=True,
+                                     cwd=NEUTRAL).stdout.split()
                 wall[arm].append((time.perf_counter() - t0) * 1e3)
                 inner[arm].append(float(out[0]))
                 if arm == "1":
