@@ -173,5 +173,11 @@ INT_FIELDS_312 = _f(*_HEAD, ("long_value.lv_tag", 16, 8, "uintptr_t", "value"),
 
 
 def current():
-    """The layout of the running interpreter, or None when this build is not supported."""
+    """The layout of the running interpreter, or None when this build is not supported: the
+    tables describe 64-bit little-endian release builds (fingerprint ``build_flags`` 0) with
+    30-bit int digits (spec 6.5); writers and the reference reader refuse other builds."""
+    from .format import build_flags
+    if (build_flags() or sys.int_info.bits_per_digit != 30 or sys.maxsize != 2 ** 63 - 1
+            or sys.byteorder != "little"):
+        return None
     return LAYOUTS.get(sys.version_info[:2])
