@@ -90,8 +90,8 @@ def main():
         for kind, code in CHILD.items():
             # in the temporary folder: run from a checkout, '' on sys.path would find the
             # checkout's refmarshal (without its built accelerator) instead of the installed one
-            out = subprocess.run([sys.executable, "-c", code, blob_file, img, names_file], check=True,
-                                 capture_output=True, text=True, cwd=tmp).stdout
+            out = subprocess.run([sys.executable, "-c", code, blob_file, img, names_file],
+                                 check=True, capture_output=True, text=True, cwd=tmp).stdout
             wall, cpu = map(float, out.split())
             best[kind] = min(best.get(kind, 1e9), wall)
             best_cpu[kind] = min(best_cpu.get(kind, 1e9), cpu)

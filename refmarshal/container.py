@@ -2,8 +2,8 @@
 
 Both writers hand ``assemble_image`` their encoded strings and segments; the reference reader
 and the CLI read the header, the directory, the lookup table and the modules' blocks through
-the functions below.  Nothing here knows how an object is encoded (that is ``writer.py``, ``reader.py`` and
-the accelerator's C); constants and record layouts come from ``format.py``.  Not on the import
+the functions below.  Nothing here knows how an object is encoded (that is ``writer.py``,
+``reader.py`` and the accelerator's C); constants and record layouts come from ``format.py``.  Not on the import
 hook's path (the accelerator's Python side reads its header with ``format.check_header``).
 """
 
@@ -231,7 +231,8 @@ def assemble_image(names, modules, strings, encode_segment, optimize):
 
 
 # ---------------------------------------------------------------------------------------
-# Reading: every check a reader makes of the container ([HDR-*], [SEC-*], [DIR-*], [NAM-1], [LKP-*], [SEG-*]).
+# Reading: every check a reader makes of the container ([HDR-*], [SEC-*], [DIR-*], [NAM-1],
+# [LKP-*], [SEG-*]).
 
 def check(cond, what):
     """Raise ImageError(what) unless cond."""

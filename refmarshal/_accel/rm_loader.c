@@ -6,10 +6,10 @@
  * reported as a message; a module that fails is never handed out.
  *
  * Memory: one region as large as the file is reserved at the image's preferred base (anywhere
- * else when that is taken: PTR words are then moved by the difference).  It is anonymous and private (with
- * transparent huge pages when asked for: RM_MODE_HUGE_PAGES), and filled from the file lazily,
- * only where something is read: opening an image costs the same whatever its size, and loading
- * costs grow with what a process imports.  Reading (pread) instead of mapping the file
+ * else when that is taken: PTR words are then moved by the difference).  It is anonymous and
+ * private (with transparent huge pages where RM_MODE_AUTO finds them safe, rm_loader.h), and
+ * filled from the file lazily, only where something is read: opening an image costs the same
+ * whatever its size, and loading costs grow with what a process imports.  Reading (pread) instead of mapping the file
  * avoids a copy-on-write fault per 4 KiB page written, and a file changed under a running
  * process cannot change loaded code (it can only make later loads fail).
  */
