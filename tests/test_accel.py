@@ -337,7 +337,7 @@ def test_loaded_code_specialises_like_compiled_code(tmp_path):
     assert r.returncode == 0 and r.stdout.startswith("ok"), r.stdout + r.stderr[-2000:]
 
 
-def test_LOAD_3_code_versions_are_distinct_and_continue_the_counter(stdlib_image):
+def test_LOAD_3_code_versions_are_distinct_and_continue_the_counter(stdlib_image, tmp_path):
     """[LOAD-3] every loaded code object gets its own co_version from the interpreter's
     counter, and code compiled afterwards continues it: 3.12's counter is found in memory after
     a few hundred code objects, and the numbers stay those init_code() would give."""
@@ -359,7 +359,7 @@ def test_LOAD_3_code_versions_are_distinct_and_continue_the_counter(stdlib_image
               len(set(versions)), max(versions), lib.rm_code_version(address(later)))
     ''')
     r = subprocess.run([sys.executable, "-c", script, str(stdlib_image[0])],
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     has_versions, found, n, distinct, top, later = r.stdout.split()
     assert int(n) > 2000
@@ -390,6 +390,6 @@ def test_OBJ_9_a_shared_frozenset_stays_one_object(tmp_path):
                                       .get_code("fs")) for i in ("reference", "accel")))
     ''')
     r = subprocess.run([sys.executable, "-c", script, str(img), str(src)], capture_output=True,
-                       text=True, timeout=120)
+                       text=True, timeout=120, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.split() == ["True", "True", "True"]
