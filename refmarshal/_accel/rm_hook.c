@@ -85,11 +85,8 @@ static const char *header_problem(const unsigned char *hdr, uint64_t file_size) 
     if (rd64(hdr + RM_HDR_SECTION_SIZE_OFF(SEC_STRING_INDEX))
         != (uint64_t)rd32(hdr + RM_HDR_STRING_COUNT_OFF) * STRING_SIZE)
         return "string index size";
-    uint64_t slots = 1;           /* [LKP-1], as format.lookup_size */
-    while (slots < 2 * (uint64_t)rd32(hdr + RM_HDR_MODULE_COUNT_OFF)) slots *= 2;
     if (rd64(hdr + RM_HDR_SECTION_SIZE_OFF(SEC_LOOKUP))
-        != RM_LOOKUPHEAD_BYTES + 4 * ((slots + LOOKUP_GROUP - 1) / LOOKUP_GROUP)
-           + slots * RM_LOOKUP_BYTES)
+        != rm_lookup_size(rd32(hdr + RM_HDR_MODULE_COUNT_OFF)))
         return "lookup table size";
     return NULL;
 }

@@ -371,15 +371,11 @@ rm_image *rm_open(const char *path, int mode, char *err, int errlen) {
 #define SECTION_SIZE(k) rd64(hdr + RM_HDR_SECTION_SIZE_OFF(k))
     img->dir_off = SECTION_OFF(SEC_DIRECTORY);
     img->names_off = SECTION_OFF(SEC_NAMES);        img->names_size = SECTION_SIZE(SEC_NAMES);
-    /* [LKP-1] slots: the smallest power of two at least twice the modules */
-    for (img->lookup_slots = 1; img->lookup_slots < 2 * (uint64_t)img->nmodules;)
-        img->lookup_slots *= 2;
-    img->lookup_groups = (img->lookup_slots + LOOKUP_GROUP - 1) / LOOKUP_GROUP;
+    img->lookup_slots = rm_lookup_slots(img->nmodules);
+    img->lookup_groups = rm_lookup_groups(img->lookup_slots);
     img->lookup_off = SECTION_OFF(SEC_LOOKUP);
     uint64_t lookup_size = SECTION_SIZE(SEC_LOOKUP);
-    if (lookup_size != RM_LOOKUPHEAD_BYTES + 4 * img->lookup_groups
-                                    + img->lookup_slots * RM_LOOKUP_BYTES)
-        FAIL("lookup table has a bad size");
+    if (lookup_size != rm_lookup_size(img->nmodules)) FAIL("lookup table has a bad size");
     img->sidx_off = SECTION_OFF(SEC_STRING_INDEX);
     img->sheap_off = SECTION_OFF(SEC_STRING_HEAP);  img->sheap_size = SECTION_SIZE(SEC_STRING_HEAP);
     img->mheap_off = SECTION_OFF(SEC_MODULE_HEAP);  img->mheap_size = SECTION_SIZE(SEC_MODULE_HEAP);
@@ -731,8 +727,8 @@ static int bring_in(module_load *m, char *err, int errlen) {
     int rc = -1;
     rm_image *img = m->img;
     const rm_entry_info *e = &m->info;
-    m->bitmap_words = ((uint64_t)e->seg_size + BITMAP_COVER - 1) / BITMAP_COVER;
-    uint64_t block = (uint64_t)e->seg_size + m->bitmap_words * 8;
+    m->bitmap_words = rm_bitmap_bytes(e->seg_size) / 8;
+    uint64_t block = (uint64_t)e->seg_size + rm_bitmap_bytes(e->seg_size);
     if (e->seg_off < img->mheap_off || e->seg_off + block > img->mheap_off + img->mheap_size
         || e->seg_off % 8 || e->seg_size % 8 || e->root >= e->seg_size || e->root % 8)
         FAIL("directory entry out of bounds");

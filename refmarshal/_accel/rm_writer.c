@@ -533,8 +533,7 @@ int rm_encode_module(rm_plan *p, unsigned long long seg_addr, char *err, int err
     PyObject *data = NULL, *bits = NULL, *out = NULL;
     int rc = -1;
     uintptr_t root = 0;
-    /* [SEG-2] BITMAP_COVER segment bytes to each 8-byte bitmap word */
-    uint64_t nbits = (p->size + BITMAP_COVER - 1) / BITMAP_COVER * RM_ALIGN;
+    uint64_t nbits = rm_bitmap_bytes(p->size);
     if (!box || PyList_GET_SIZE(box) != 1 || !PyDict_Check(PyList_GET_ITEM(box, 0)))
         FAIL("expected the string index");
     e.index = PyList_GET_ITEM(box, 0);
