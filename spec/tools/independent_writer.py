@@ -64,7 +64,7 @@ def pad8(data):
 class Obj:
     """One object of the compiled graph.  Identity of Obj instances is identity of objects."""
 
-    __slots__ = ("kind", "value", "interned", "fields", "items")
+    __slots__ = ("kind", "value", "interned", "fields", "items", "sorted_tuple")
 
     def __init__(self, kind, value=None, interned=False):
         self.kind = kind  # 'none', 'true', 'false', 'ellipsis', 'str', 'bytes', 'int',
@@ -73,6 +73,7 @@ class Obj:
         self.interned = interned
         self.fields = None  # code: dict of fields
         self.items = None  # tuple, frozenset: list of Obj
+        self.sorted_tuple = None  # frozenset: the tuple of [OBJ-9], made once
 
     def __repr__(self):
         return "Obj(%s, %r)" % (self.kind, self.value)
@@ -256,16 +257,15 @@ CODE_POINTER_FIELDS = ("consts", "names", "exceptiontable", "localsplusnames",
 def frozenset_tuple(o):
     """[OBJ-9] The tuple a FROZENSET word points to: the items sorted, strings last, each group
     by the marshal format-2 encoding of the item, strings by UTF-8.  One tuple per frozenset."""
-    if o.value is None:
+    if o.sorted_tuple is None:
         def key(item):
             if item.kind == "str":
                 return (1, item.value.encode("utf-8", "surrogatepass"))
             return (0, marshal.dumps(python_value(item), 2))
 
-        t = Obj("tuple")
-        t.items = sorted(o.items, key=key)
-        o.value = t
-    return o.value
+        o.sorted_tuple = Obj("tuple")
+        o.sorted_tuple.items = sorted(o.items, key=key)
+    return o.sorted_tuple
 
 
 def python_value(o):
@@ -354,11 +354,11 @@ class Segment:
     def __init__(self, name):
         self.name = name
         self.offsets = {}  # id(Obj) -> offset in segment of the object (not its GC header)
-        self.placed = []  # Obj in placement order
+        self.placed = []  # Obj in placement order, [SEG-5] strings last
         self.size = 0
         self.first_use = []  # interned strings in the module's order of first use ([STR-2])
+        self.lstr_offsets = {}  # value -> offset of a [SEG-5] string
         self.file_offset = None  # of the block
-        self.lstrs = []
 
     def place(self, o):
         start = self.size
@@ -396,7 +396,6 @@ class Image:
     def __init__(self):
         self.base = None
         self.string_index = {}  # value -> index ([STR-2])
-        self.segments = {}
 
 
 def tagged(image, seg, o):
@@ -426,7 +425,7 @@ def type_word(o):
 
 def str_bytes(s, ob_type):
     """6.3: a str object; ob_type is a TYPE word in a segment, the bare code 1 in the string
-    heap ([STR-3]).  Returns (bytes, tagged word offsets)."""
+    heap ([STR-3])."""
     kind, ascii_ = str_kind(s)
     # [STR-4] interned 0; kind bits 2-4, compact bit 5, ascii bit 6, bit 7 per version.
     state = kind << 2 | 1 << 5 | (1 << 6 if ascii_ else 0) | STATE_BIT7
@@ -531,14 +530,9 @@ def block_bytes(image, seg):
     """[SEG-1] the segment, then [SEG-2] its bitmap."""
     out = bytearray()
     marks = []
-    for o in seg.placed + seg.lstrs:
+    for o in seg.placed:
         start = len(out)
-        if o in seg.lstrs and o.kind == "str":
-            data, words = str_bytes(o.value, type_word(o)), [8]
-        else:
-            data, words = object_bytes(image, seg, o)
-        assert start == seg.offsets.get(id(o), seg.lstr_offsets.get(o.value)) - (
-            GC_HEADER if o.kind == "tuple" else 0)
+        data, words = object_bytes(image, seg, o)
         out += data
         marks += [(start + w) // WORD for w in words]
     assert len(out) == seg.size and len(out) % WORD == 0
@@ -700,12 +694,10 @@ def assemble(modules, optimize):
     index, heap = string_table(image, placed)
     for m in placed:  # [SEG-5] strings only this module uses, after every other object
         seg = m["seg"]
-        seg.lstr_offsets = {}
         for o in seg.first_use:
             if o.value not in image.string_index:
                 seg.lstr_offsets[o.value] = seg.size
-                seg.size += object_size(o)
-                seg.lstrs.append(o)
+                seg.place(o)
     # Sections ([SEC-6]): each at the first offset after the previous with its alignment.
     names = names_section(modules)
     lookup = lookup_table(modules)
@@ -742,30 +734,68 @@ def assemble(modules, optimize):
     assert len(header) == HEADER_SIZE
     header = header[:40] + struct.pack("<I", crc32(header)) + header[44:]  # [HDR-5]
     out[:HEADER_SIZE] = header
-    return bytes(out), describe(offsets, sizes, placed)
+    return bytes(out), describe(offsets, sizes, placed, image)
 
 
-def describe(offsets, sizes, placed):
-    names = ["module directory", "names", "lookup table", "string index", "string heap",
-             "module heap"]
+HEADER_FIELDS = [(0, 8, "magic"), (8, 2, "format_major"), (10, 2, "format_minor"),
+                 (12, 4, "header_size"), (16, 8, "file_size"), (24, 8, "preferred_base"),
+                 (32, 4, "module_count"), (36, 4, "string_count"), (40, 4, "header_crc"),
+                 (44, 4, "flags")]
+HEADER_FIELDS += [(48 + 16 * i, 16, "section table entry %d" % i) for i in range(6)]
+HEADER_FIELDS += [(144, 4, "fingerprint hexversion"), (148, 4, "fingerprint pyc_magic"),
+                  (152, 1, "fingerprint ptr_size"), (153, 1, "fingerprint byte_order"),
+                  (154, 2, "fingerprint build_flags"), (156, 16, "fingerprint cache_tag"),
+                  (172, 84, "fingerprint version")]
+ENTRY_FIELDS = [(0, 4, "entry_crc"), (4, 4, "flags"), (8, 4, "name_offset"),
+                (12, 4, "name_length"), (16, 4, "path_offset"), (20, 4, "path_length"),
+                (24, 8, "source_mtime_ns"), (32, 8, "source_size"), (40, 8, "segment_offset"),
+                (48, 4, "segment_size"), (52, 4, "root_offset"), (56, 4, "data_crc"),
+                (60, 4, "reserved"), (64, 8, "dir_mtime_ns"), (72, 8, "pkg_mtime_ns")]
+SECTION_NAMES = ["module directory", "names", "lookup table", "string index", "string heap",
+                 "module heap"]
+
+
+def describe(offsets, sizes, placed, image):
+    """Regions of the image, (start, end, label), for --check's report of differences."""
     regions = [(0, HEADER_SIZE, "header")]
-    regions += [(o, o + s, n) for o, s, n in zip(offsets, sizes, names)]
+    regions += [(o, o + n, f) for o, n, f in HEADER_FIELDS]
+    regions += [(o, o + n, name) for o, n, name in zip(offsets, sizes, SECTION_NAMES)]
+    for i in range(sizes[0] // 80):
+        base = offsets[0] + 80 * i
+        regions += [(base + o, base + o + n, "entry %d %s" % (i, f)) for o, n, f in ENTRY_FIELDS]
+    for i, value in enumerate(image.string_index):
+        base = offsets[3] + 16 * i
+        regions.append((base, base + 16, "string %d %r index entry" % (i, value)))
+    heap = offsets[4]
+    for value in image.string_index:
+        size = len(str_bytes(value, 1))
+        regions.append((heap, heap + size, "string %r" % value))
+        heap += size
     for m in placed:
         seg = m["seg"]
-        regions.append((seg.file_offset, seg.file_offset + seg.size, "segment " + m["name"]))
-        end = seg.file_offset + seg.size + 8 * ((seg.size + 511) // 512)
-        regions.append((seg.file_offset + seg.size, end, "bitmap " + m["name"]))
+        start = seg.file_offset
+        regions.append((start, start + seg.size, "segment of " + m["name"]))
+        pos = start
+        for o in seg.placed:
+            size = object_size(o)
+            label = o.kind if o.kind != "str" else "str %r" % o.value[:20]
+            if o.kind == "code":
+                label = "code %s" % o.fields["qualname"].value
+            regions.append((pos, pos + size, "%s at segment +%d" % (label, pos - start)))
+            pos += size
+        end = start + seg.size + 8 * ((seg.size + 511) // 512)
+        regions.append((start + seg.size, end, "bitmap of " + m["name"]))
     return regions
 
 
 def where(regions, off):
-    hits = [n for a, b, n in regions if a <= off < b]
-    if off < HEADER_SIZE:
-        hits.append("header +%d" % off)
-    for a, b, n in regions:
-        if a <= off < b and n.startswith(("segment", "bitmap")):
-            hits.append("%s +%d" % (n.split()[0], off - a))
-    return ", ".join(hits) or "gap"
+    """The labels of the regions holding off, outermost first, with off's place in the
+    innermost."""
+    hits = [(a, b, n) for a, b, n in regions if a <= off < b]
+    if not hits:
+        return "padding between sections"
+    a, _, n = min(hits, key=lambda h: h[1] - h[0])
+    return "; ".join([h[2] for h in hits if h[2] != n] + ["%s +%d" % (n, off - a)])
 
 
 def main(argv=None):
