@@ -677,6 +677,11 @@ def build(src_root, optimize=GOLDEN_OPTIMIZE):
     return assemble(modules, optimize)
 
 
+def golden_image():
+    """The bytes of the running version's golden vector, built from spec/golden/src."""
+    return build(os.path.join(GOLDEN, "src"))[0]
+
+
 def assemble(modules, optimize):
     for m in modules:
         m["name_b"] = m["name"].encode("utf-8")
