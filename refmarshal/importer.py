@@ -1,11 +1,13 @@
 """The import hook: a finder on ``sys.meta_path`` that serves modules' code from an image.
 
-Finding is left entirely to the standard ``PathFinder``: this finder sits just before it, asks
-it for the spec exactly as stock import would, and only when that spec is the very file the
-image recorded (same path, a plain source module, unchanged on disk) swaps the spec's loader for
-one whose ``get_code`` returns the image's code object.  Shadowing, ``sys.path`` changes,
-packages, namespace packages, ``path_hooks`` and ``invalidate_caches`` therefore behave as stock
-by construction; everything else about the module (``__file__``, ``__cached__``, ``__spec__``,
+The finder finds as stock would: for a module the image holds it makes stock's spec itself
+where directory listings or the image's directory stamps prove which file stock would take,
+else it asks the standard ``PathFinder``, and only when the spec is the very file the image
+recorded (same path, a plain source module) it gives it a loader whose ``get_code`` returns
+the image's code object (in checked mode, when the source is unchanged on disk).  It stands
+before ``BuiltinImporter`` and ``FrozenImporter`` and leaves their names to them.  Shadowing,
+``sys.path`` changes, packages, namespace packages, ``path_hooks`` and ``invalidate_caches``
+behave as stock; everything else about the module (``__file__``, ``__cached__``, ``__spec__``,
 ``get_source``, resources) comes from ``SourceFileLoader``, which the loader subclasses.
 
 Any problem with the image disables it with one ``RefmarshalWarning`` and stock import goes
@@ -14,8 +16,10 @@ The start-up hook (``_startup``) imports this module at the first import of a pr
 its imports minimal.
 """
 
+import _imp
 import os
 import sys
+from _frozen_importlib import BuiltinImporter, FrozenImporter
 # The same objects importlib.machinery exports; importing that package at start-up costs about
 # a millisecond (on 3.12 it imports warnings), while the frozen module is always loaded.
 from _frozen_importlib_external import (FileFinder, PathFinder, SourceFileLoader, _path_stat,
@@ -81,11 +85,11 @@ def _warn_in_import(message):
 class ImageFinder:
     """Finds as ``PathFinder`` does; loads from ``image`` what the image holds unchanged.
 
-    ``find_spec(fullname, path=None, target=None)`` is a C method (rm_import.c): it asks
-    ``PathFinder`` for the spec exactly as stock import would, and only when that spec is the
-    very file the image recorded (same path, a plain source module, unchanged on disk in
-    checked mode, and ``PathFinder`` the next finder on ``sys.meta_path``) swaps its loader for
-    an ``ImageLoader``.  Being C, it adds no Python frame to an import: tracers, debuggers and
+    ``find_spec(fullname, path=None, target=None)`` is a C method (rm_import.c): it makes the
+    spec stock import would find, or asks ``PathFinder`` for it, and only when that spec is the
+    very file the image recorded (same path, a plain source module, and nothing but stock's
+    finders between this one and ``PathFinder`` on ``sys.meta_path``) gives it an
+    ``ImageLoader``, which checks the source in checked mode.  Being C, it adds no Python frame to an import: tracers, debuggers and
     ``warnings`` see what they see with stock import.
 
     ``hits`` counts modules whose code came from the image, ``fallbacks`` modules the image
@@ -99,7 +103,8 @@ class ImageFinder:
         #                            (directory, stamp) pairs it found true (rm_import.c)
         self._c, self._hook = image.new_hook(
             checked, self._failed, PathFinder, SourceFileLoader, ImageLoader, _warn_in_import,
-            FileFinder, spec_from_file_location, _path_stat, self._validated)
+            FileFinder, spec_from_file_location, _path_stat, self._validated,
+            BuiltinImporter, FrozenImporter, _imp.is_builtin, _imp.find_frozen)
 
     def __repr__(self):
         state = "disabled" if self.disabled else "checked" if self.checked else "unchecked"
@@ -225,7 +230,10 @@ def _debug_ranges():
 
 def install(path=None, *, checked=True):
     """Put a finder for the image at ``path`` (default: ``default_image_path()``) on
-    ``sys.meta_path``, just before ``PathFinder``, and return it.
+    ``sys.meta_path`` and return it.  It goes before the standard ``BuiltinImporter`` and
+    ``FrozenImporter`` when they come just before ``PathFinder``, as stock has them (it leaves
+    to them every name they would find: an import it serves then skips their two Python
+    methods), else just before ``PathFinder``.
 
     ``checked`` (the default) compares each module's source mtime and size with the image's
     record; unchecked trusts the image.  Returns None after one ``RefmarshalWarning`` when the
@@ -245,10 +253,19 @@ def install(path=None, *, checked=True):
     finder = _open(path, checked)
     if finder is None:
         return None
-    if slot is None:
-        mp.insert(mp.index(PathFinder), finder)
-    else:
+    place = mp.index(PathFinder) if slot is None else slot
+    if slot is not None and mp[slot + 1:slot + 2] != [PathFinder]:
         mp[slot] = finder   # in place: the import system may be walking sys.meta_path now
+    elif place >= 2 and mp[place - 2] is BuiltinImporter and mp[place - 1] is FrozenImporter:
+        # (a PendingFinder's slot: what follows it keeps its index, so a walk of the import
+        # system's goes on at PathFinder)
+        if slot is not None:
+            del mp[slot]
+        mp.insert(place - 2, finder)
+    elif slot is None:
+        mp.insert(place, finder)
+    else:
+        mp[slot] = finder
     return finder
 
 

@@ -487,3 +487,104 @@ def test_path_hooks_changed_or_path_extended(stamped):
     out = stamped_both(stamped, extend, ["pkg.lone.leaf"])
     assert out["stock"]["out"][0][1] == "other" and out["checked"]["out"][0][-1] is False
     assert out["checked"]["stamped"] == 4        # up to pkg.lone
+
+
+# ---------------------------------------------------------------------------------------
+# Where the finder stands: before stock's BuiltinImporter and FrozenImporter, leaving them
+# every name they would find.
+
+BUILTIN_AND_FROZEN = '''
+    import importlib, sys
+    order = [getattr(f, "__name__", type(f).__name__) for f in sys.meta_path]
+    out = []
+    for name in sys.argv[3].split(","):
+        m = importlib.import_module(name)
+        out.append([name, m.__spec__.origin, type(m.__spec__.loader).__name__,
+                    getattr(m, "WHO", None),
+                    finder is not None and finder.image.owns(getattr(m, "MODCODE", None))])
+    emit(dict(out=out, order=order, hits=finder and finder.hits))
+'''
+
+# __hello__ is frozen (and has a source in the standard library), _string built in: the image
+# holds a module of each name, found first on sys.path when the frozen one is turned off.
+SHADOWS = {"__hello__.py": MODCODE + "WHO = 'tree'\n", "_string.py": MODCODE + "WHO = 'tree'\n",
+           "plain.py": MODCODE + "WHO = 'plain'\n"}
+
+
+@pytest.fixture
+def shadows(tmp_path):
+    src = write_tree(tmp_path / "src", SHADOWS)
+    img = tmp_path / "shadows.img"
+    res = refmarshal.build(img, [(n[:-3], str(src / n)) for n in SHADOWS])
+    assert not res.skipped
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    return src, img, cwd
+
+
+@pytest.mark.parametrize("frozen", ["on", "off"])
+def test_builtin_and_frozen_names_are_left_to_their_finders(shadows, frozen):
+    src, img, cwd = shadows
+    names = "_string,__hello__,plain"
+    out = {m: json.loads(run(["-X", f"frozen_modules={frozen}", "-c",
+                              PRELUDE + textwrap.dedent(BUILTIN_AND_FROZEN), m, str(img),
+                              names], cwd, pythonpath=[src]).stdout)
+           for m in ("stock", "checked")}
+    stock, mine = out["stock"], out["checked"]
+    assert [o[:4] for o in mine["out"]] == [o[:4] for o in stock["out"]]
+    hello = "frozen" if frozen == "on" else str(src / "__hello__.py")
+    assert [o[1] for o in stock["out"]] == ["built-in", hello, str(src / "plain.py")]
+    # the image serves only what stock finds on sys.path: plain, and __hello__ when the frozen
+    # one is off
+    assert [o[4] for o in mine["out"]] == [False, frozen == "off", True]
+    assert mine["hits"] == (2 if frozen == "off" else 1)
+    at = mine["order"].index("ImageFinder")
+    assert mine["order"][at:] == ["ImageFinder", "BuiltinImporter", "FrozenImporter",
+                                  "PathFinder"]
+    assert mine["order"][:at] == stock["order"][:stock["order"].index("BuiltinImporter")]
+
+
+FINDER_BETWEEN = '''
+    import importlib, sys
+    class Between:        # a finder put between FrozenImporter and PathFinder after install
+        @staticmethod
+        def find_spec(name, path=None, target=None):
+            return None
+    sys.meta_path.insert(sys.meta_path.index(importlib.machinery.PathFinder), Between)
+    import plain
+    emit([plain.WHO, finder is not None and finder.image.owns(plain.MODCODE)])
+'''
+
+
+def test_a_finder_between_stocks_and_pathfinder_stops_serving(shadows):
+    """Stock order would ask it before PathFinder: the image finder, before it, steps aside."""
+    src, img, cwd = shadows
+    r = run(["-c", PRELUDE + "import importlib.machinery\n" + textwrap.dedent(FINDER_BETWEEN),
+             "checked", str(img)], cwd, pythonpath=[src])
+    assert json.loads(r.stdout) == ["plain", False]
+
+
+WAKE = '''
+    import json, sys
+    import refmarshal._startup
+    refmarshal._startup.run()
+    before = [getattr(f, "__name__", type(f).__name__) for f in sys.meta_path]
+    import plain, __hello__
+    after = [getattr(f, "__name__", type(f).__name__) for f in sys.meta_path]
+    f = [f for f in sys.meta_path if type(f).__name__ == "ImageFinder"][0]
+    print(json.dumps([before[-4:], after[-4:], plain.WHO, f.image.owns(plain.MODCODE),
+                      __hello__.__spec__.origin, f.hits]))
+'''
+
+
+def test_the_start_up_hook_moves_the_finder_before_stocks_finders(shadows):
+    """The PendingFinder wakes inside the import system's walk of sys.meta_path: the finder
+    that replaces it goes before BuiltinImporter, and the walk goes on at PathFinder."""
+    src, img, cwd = shadows
+    r = run(["-c", textwrap.dedent(WAKE)], cwd, pythonpath=[src],
+            env={"REFMARSHAL_IMAGE": str(img)})
+    assert r.stderr == ""
+    assert json.loads(r.stdout) == [
+        ["BuiltinImporter", "FrozenImporter", "PendingFinder", "PathFinder"],
+        ["ImageFinder", "BuiltinImporter", "FrozenImporter", "PathFinder"],
+        "plain", True, "frozen", 1]

@@ -529,16 +529,17 @@ def test_bad_module_alone_goes_stock(tree):
 # ---------------------------------------------------------------------------------------
 # install / uninstall, and the start-up hook.
 
-def test_install_is_idempotent_and_placed_before_path_finder(tree):
+def test_install_is_idempotent_and_placed_before_stocks_finders(tree):
     src, img, cwd = tree
     body = '''
-        import importlib.machinery
+        import importlib.machinery as m
         from refmarshal import importer
         f2 = importer.install(IMG, checked=False)
         mp = sys.meta_path
         i = mp.index(finder)
         a = [f2 is finder, finder.checked, sum(isinstance(x, importer.ImageFinder) for x in mp),
-             mp[i + 1] is importlib.machinery.PathFinder, finder.path == IMG]
+             mp[i + 1:] == [m.BuiltinImporter, m.FrozenImporter, m.PathFinder],
+             finder.path == IMG]
         importer.uninstall()
         import mod
         emit(a + [owned(mod), any(isinstance(x, importer.ImageFinder) for x in sys.meta_path)])

@@ -32,6 +32,8 @@
 
 #define ERRLEN 256
 
+static int stepped_aside(void);
+
 /* rm_loader.c's mechanics (GIL held) */
 int rm__find(rm_image *img, const char *name, size_t len, char *err, int errlen);
 int rm__check_entry(rm_image *img, uint32_t i, rm_entry_info *out, char *err, int errlen);
@@ -48,7 +50,8 @@ typedef struct {
 
 /* The Python objects a hook uses, in the order of rm_hook_new's io list. */
 enum { IO_IMAGE, IO_FAILED, IO_PATH_FINDER, IO_SOURCE_LOADER, IO_LOADER_TYPE, IO_ON_ERROR,
-       IO_FILE_FINDER, IO_SPEC_FROM_FILE, IO_PATH_STAT, IO_VALIDATED, IO_COUNT };
+       IO_FILE_FINDER, IO_SPEC_FROM_FILE, IO_PATH_STAT, IO_VALIDATED, IO_BUILTIN, IO_FROZEN,
+       IO_IS_BUILTIN, IO_FIND_FROZEN, IO_COUNT };
 
 /* How stock import fills an object it makes (learnt once from stock itself, see learn):
    the type, then each attribute of its __dict__ in stock's order, set from what the caller
@@ -76,7 +79,11 @@ typedef struct {              /* rm_hook.priv */
         IO_SPEC_FROM_FILE importlib's spec_from_file_location
         IO_PATH_STAT      importlib's _path_stat
         IO_VALIDATED      set: FileFinders whose listing was checked against their directory in
-                          this process (emptied by ImageFinder.invalidate_caches) */
+                          this process (emptied by ImageFinder.invalidate_caches)
+        IO_BUILTIN        importlib's BuiltinImporter
+        IO_FROZEN         importlib's FrozenImporter
+        IO_IS_BUILTIN     _imp.is_builtin
+        IO_FIND_FROZEN    _imp.find_frozen */
     PyObject *hooks[2];       /* sys.path_hooks' items default_hooks last judged (strong) */
     int hooks_default;        /* its verdict on them */
     PyObject *suffixes[2];    /* importlib's SOURCE_SUFFIXES, BYTECODE_SUFFIXES (strong) */
@@ -169,16 +176,37 @@ static PyObject *image_get_code(PyObject *self, PyObject *name) {
 }
 
 /* ---- ImageFinder.find_spec(fullname, path=None, target=None) ------------------------------ */
-/* PathFinder is the very next finder: stock order holds only while nothing was inserted
-   between us. */
-static int next_is_path_finder(PyObject *self, hook_priv *p) {
+/* Stock order holds between this finder and PathFinder: nothing stands between them but,
+   where install() put the finder before them, stock's BuiltinImporter and FrozenImporter in
+   that order (*ahead set then: a name they would find is theirs, see builtin_or_frozen).
+   Before them, an import the image serves skips their two Python methods and two turns of
+   the import system's loop over sys.meta_path. */
+static int stock_order(PyObject *self, hook_priv *p, int *ahead) {
     PyObject *mp = PySys_GetObject("meta_path");          /* borrowed */
     if (!mp || !PyList_Check(mp)) return 0;
     Py_ssize_t n = PyList_GET_SIZE(mp);
     for (Py_ssize_t i = 0; i < n; i++)
-        if (PyList_GET_ITEM(mp, i) == self)
-            return i + 1 < n && PyList_GET_ITEM(mp, i + 1) == p->obj[IO_PATH_FINDER];
+        if (PyList_GET_ITEM(mp, i) == self) {
+            *ahead = i + 2 < n && PyList_GET_ITEM(mp, i + 1) == p->obj[IO_BUILTIN]
+                     && PyList_GET_ITEM(mp, i + 2) == p->obj[IO_FROZEN];
+            Py_ssize_t next = i + 1 + 2 * *ahead;
+            return next < n && PyList_GET_ITEM(mp, next) == p->obj[IO_PATH_FINDER];
+        }
     return 0;
+}
+
+/* 1 when BuiltinImporter or FrozenImporter would answer for fullname, or might (their
+   question raised an ordinary exception: they will raise it themselves), 0 not, -1 error. */
+static int builtin_or_frozen(hook_priv *p, PyObject *fullname) {
+    PyObject *r = PyObject_CallOneArg(p->obj[IO_IS_BUILTIN], fullname);
+    int yes = r ? PyObject_IsTrue(r) : -1;
+    Py_XDECREF(r);
+    if (yes == 0) {
+        r = PyObject_CallOneArg(p->obj[IO_FIND_FROZEN], fullname);
+        yes = r ? r != Py_None : -1;
+        Py_XDECREF(r);
+    }
+    return yes >= 0 ? yes : stepped_aside() ? 1 : -1;
 }
 
 /* 1 when the file at `path` has the size and mtime the image recorded. */
@@ -203,8 +231,7 @@ static PyObject *serve_from_image(rm_hook *h, PyObject *hook_cap, PyObject *full
         fs = PyUnicode_EncodeFSDefault(origin);
         if (!fs) goto done;
         same = (size_t)PyBytes_GET_SIZE(fs) == info->path_len
-               && memcmp(PyBytes_AS_STRING(fs), info->path, info->path_len) == 0
-               && (!h->checked || source_unchanged(PyBytes_AS_STRING(fs), info));
+               && memcmp(PyBytes_AS_STRING(fs), info->path, info->path_len) == 0;
     }
     if (!same) {
         h->fallbacks++;
@@ -671,12 +698,8 @@ static int find_directly(rm_hook *h, PyObject *hook_cap, PyObject *fullname, PyO
         rc = 0;
         if (found != 2) goto done;              /* ran out of entries, or not proven */
     }
-    rc = 0;
-    PyObject *fs = PyUnicode_EncodeFSDefault(full);
-    if (!fs) { rc = -1; goto done; }
-    int same = !h->checked || source_unchanged(PyBytes_AS_STRING(fs), info);
-    Py_DECREF(fs);
-    if (!same) goto done;                       /* stale or gone: PathFinder and stock */
+    /* (checked mode compares the source with the image's record in get_code, where stock
+       reads the source's stamps too) */
     rc = -1;
     /* stock's spec_from_file_location leaves an absolute file name as it is */
     int templated = learn(p) > 0 && PyUnicode_READ_CHAR(full, 0) == '/';
@@ -740,8 +763,14 @@ static PyObject *finder_find_spec(PyObject *self, PyObject *const *args, Py_ssiz
     int index = find_name(p->image, fullname, err);
     if (index >= 0 && rm__check_entry(p->image->img, (uint32_t)index, &info, err, ERRLEN) < 0)
         index = -2;
-    if (index == -1 || (index >= 0 && !next_is_path_finder(self, p))) {
+    int ahead = 0;
+    if (index == -1 || (index >= 0 && !stock_order(self, p, &ahead))) {
         result = Py_NewRef(Py_None);
+        goto done;
+    }
+    int theirs = index >= 0 && ahead ? builtin_or_frozen(p, fullname) : 0;
+    if (theirs) {
+        if (theirs > 0) result = Py_NewRef(Py_None);
         goto done;
     }
     if (index < 0) {          /* a bad directory: the image can no longer be trusted */
@@ -827,6 +856,18 @@ static void use_stock_loader(hook_priv *p, PyObject *self, PyObject *fullname) {
     Py_XDECREF(module); Py_XDECREF(spec); Py_XDECREF(found); Py_XDECREF(stock);
 }
 
+/* Checked mode: 1 when the loader's file has the mtime and size module `index` recorded (its
+   directory entry checked again; an unusable one: 0, stock then), 0 not, -1 error. */
+static int fresh_source(hook_priv *p, PyObject *self, uint32_t index, char *err) {
+    rm_entry_info info;
+    if (rm__check_entry(p->image->img, index, &info, err, ERRLEN) < 0) return 0;
+    PyObject *path = PyObject_GetAttr(self, s_path), *fs = NULL;
+    int fresh = path && PyUnicode_FSConverter(path, &fs)
+                ? source_unchanged(PyBytes_AS_STRING(fs), &info) : -1;
+    Py_XDECREF(path); Py_XDECREF(fs);
+    return fresh;
+}
+
 static PyObject *loader_get_code(PyObject *self, PyObject *fullname) {
     PyObject *code = NULL;
     PyObject *cap = PyObject_GetAttrString(self, "_hook");
@@ -840,6 +881,15 @@ static PyObject *loader_get_code(PyObject *self, PyObject *fullname) {
         hook_priv *p = h->priv;
         char err[ERRLEN];
         int index = find_name(p->image, fullname, err);
+        if (index >= 0 && h->checked) {
+            int fresh = fresh_source(p, self, (uint32_t)index, err);
+            if (fresh < 0) goto fail;
+            if (!fresh) {         /* edited since the build: stock, as PathFinder's spec is */
+                h->fallbacks++;
+                use_stock_loader(p, self, fullname);
+                goto as_stock;
+            }
+        }
         code = index < 0 ? NULL : rm__load(p->image->img, (uint32_t)index, err, ERRLEN);
         if (code) {
             h->hits++;
@@ -853,6 +903,7 @@ static PyObject *loader_get_code(PyObject *self, PyObject *fullname) {
         h->fallbacks++;
         say(p, PyUnicode_FromFormat("%U: module %U: %s", p->image->path, fullname, err));
     }
+as_stock:
     /* stock: SourceFileLoader's own get_code (looked up now: a profiler may wrap it) */
     PyObject *stock = PyObject_GetAttrString(h ? ((hook_priv *)h->priv)->obj[IO_SOURCE_LOADER]
                                                : (PyObject *)Py_TYPE(self)->tp_base,
