@@ -22,8 +22,8 @@ import sys
 from _frozen_importlib import BuiltinImporter, FrozenImporter
 # The same objects importlib.machinery exports; importing that package at start-up costs about
 # a millisecond (on 3.12 it imports warnings), while the frozen module is always loaded.
-from _frozen_importlib_external import (FileFinder, PathFinder, SourceFileLoader, _path_stat,
-                                        spec_from_file_location)
+from _frozen_importlib_external import (ExtensionFileLoader, FileFinder, PathFinder,
+                                        SourceFileLoader, _path_stat, spec_from_file_location)
 
 from ._startup import PendingFinder, default_image_path, in_main_interpreter
 from . import RefmarshalWarning   # refmarshal.errors's, made in the package
@@ -104,7 +104,8 @@ class ImageFinder:
         self._c, self._hook = image.new_hook(
             checked, self._failed, PathFinder, SourceFileLoader, ImageLoader, _warn_in_import,
             FileFinder, spec_from_file_location, _path_stat, self._validated,
-            BuiltinImporter, FrozenImporter, _imp.is_builtin, _imp.find_frozen)
+            BuiltinImporter, FrozenImporter, _imp.is_builtin, _imp.find_frozen,
+            ExtensionFileLoader)
 
     def __repr__(self):
         state = "disabled" if self.disabled else "checked" if self.checked else "unchecked"
@@ -138,6 +139,12 @@ class ImageFinder:
         """Of the direct specs, those proven by the image's directory stamps alone, without a
         FileFinder (rm_import.c: by_stamps)."""
         return self._c.stamped
+
+    @property
+    def extensions(self):
+        """Top-level extension modules found on ``sys.path`` without asking PathFinder, by the
+        same proof as ``direct`` (rm_import.c: find_extension)."""
+        return self._c.extensions
 
     def invalidate_caches(self):
         """importlib.invalidate_caches() calls it: every directory listing and directory

@@ -431,6 +431,27 @@ def test_changes_after_the_build_in_a_stamped_directory(stamped, change):
         assert got[1] == "leaf" and mine["out"][1][-1] is True   # proven by the listing
 
 
+@pytest.mark.parametrize("cached", ["default", "sources-only"])
+def test_a_filefinder_already_made_for_a_stamped_directory(stamped, cached):
+    """A FileFinder stock already has for the directory (pkgutil made it): with stock's default
+    loaders it finds what the stamps prove, so they still serve; with other loaders (one a
+    tool put there), its own listing decides."""
+    src, img, cwd = stamped
+    inner = str(src / "pkg" / "inner")
+    names = ["pkg.inner.helper", "pkg.inner.deep"]
+    if cached == "default":
+        setup = f"import pkgutil; pkgutil.get_importer({inner!r})"
+    else:
+        setup = (f"import importlib.machinery as m\n"
+                 f"sys.path_importer_cache[{inner!r}] = m.FileFinder({inner!r}, "
+                 f"(m.SourceFileLoader, ['.py']))")
+    plain = stamped_both(stamped, "", names)["checked"]
+    mine = stamped_both(stamped, setup, names)["checked"]
+    assert [o[-1] for o in mine["out"]] == [True, True]
+    assert plain["stamped"] >= 3
+    assert mine["stamped"] == plain["stamped"] - (0 if cached == "default" else 2)
+
+
 def test_invalidate_caches_after_a_change_in_the_same_process(stamped):
     """Stamps are checked once per process, and again after importlib.invalidate_caches()."""
     src, img, cwd = stamped
@@ -478,8 +499,11 @@ def test_path_hooks_changed_or_path_extended(stamped):
         sys.path_hooks.insert(0, Hook)
         sys.path_importer_cache.clear()
     '''
+    plain = stamped_both(stamped, "", ["pkg.lone.leaf"])["checked"]["stamped"]
     out = stamped_both(stamped, hook, ["pkg.lone.leaf"])
-    assert out["checked"]["stamped"] == 0 and out["checked"]["out"][0][-1] is True
+    # a directory no finder was made for yet would go through the hook: not by stamps (those
+    # with a default FileFinder already made, pkg's, still are)
+    assert out["checked"]["stamped"] < plain and out["checked"]["out"][0][-1] is True
     extend = f'''
         import pkg.lone
         pkg.lone.__path__.insert(0, {str(other / "pkg" / "lone")!r})
@@ -588,3 +612,64 @@ def test_the_start_up_hook_moves_the_finder_before_stocks_finders(shadows):
         ["BuiltinImporter", "FrozenImporter", "PendingFinder", "PathFinder"],
         ["ImageFinder", "BuiltinImporter", "FrozenImporter", "PathFinder"],
         "plain", True, "frozen", 1]
+
+
+# ---------------------------------------------------------------------------------------
+# Top-level extension modules the image does not hold (the standard library's lib-dynload):
+# found by the same listings, else left to PathFinder.
+
+EXTENSIONS = '''
+    import importlib, importlib.util, re
+    def bare(spec):
+        return re.sub(r" object at 0x[0-9a-f]+", "", repr(spec))
+    out = []
+    for name in sys.argv[3].split(","):
+        fresh = importlib.util.find_spec(name)
+        m = importlib.import_module(name)
+        s = m.__spec__
+        out.append([bare(fresh), type(fresh.loader).__name__, sorted(vars(fresh.loader).items()),
+                    list(vars(fresh)), bare(s), s.cached, s.has_location, s.parent,
+                    s.submodule_search_locations, m.__file__, getattr(m, "WHO", None)])
+    emit(dict(out=out, extensions=finder and finder.extensions))
+'''
+EXT_NAMES = "_csv,_bisect,array"
+
+
+def test_extension_modules_found_as_stock_finds_them(tree):
+    src, img, cwd = tree
+    stock, mine = both_modes(EXTENSIONS, img, cwd, EXT_NAMES, pythonpath=[src])
+    assert mine["out"] == stock["out"]
+    assert all(o[1] == "ExtensionFileLoader" for o in stock["out"])
+    assert mine["extensions"] == 2 * len(EXT_NAMES.split(","))   # find_spec, then the import
+
+
+@pytest.mark.parametrize("shadow", ["source", "directory", "package", "not-a-file"])
+def test_extension_modules_shadowed_or_not(tree, shadow):
+    """Something of the name in an earlier sys.path entry: stock's answer, which is the
+    extension module only when that something is a namespace portion or not a file."""
+    src, img, cwd = tree
+    if shadow == "source":
+        write_tree(src, {"_csv.py": MODCODE + "WHO = 'source'\n"})
+    elif shadow == "directory":
+        (src / "_csv").mkdir()
+    elif shadow == "package":
+        write_tree(src, {"_csv/__init__.py": MODCODE + "WHO = 'package'\n"})
+    else:
+        (src / ("_csv" + EXT)).mkdir()
+    stock, mine = both_modes(EXTENSIONS, img, cwd, "_csv", pythonpath=[src])
+    assert mine["out"] == stock["out"]
+    who = {"source": "source", "package": "package"}.get(shadow)
+    assert stock["out"][0][-1] == who
+    # only a directory with an extension suffix (not a file) lets the search go on to
+    # lib-dynload; a bare directory (a namespace portion) is left to PathFinder
+    assert mine["extensions"] == (2 if shadow == "not-a-file" else 0)
+
+
+def test_extension_modules_after_a_zip_entry_are_left_to_pathfinder(tree, tmp_path):
+    src, img, cwd = tree
+    import zipfile
+    with zipfile.ZipFile(tmp_path / "lib.zip", "w") as z:
+        z.writestr("zipped.py", MODCODE)
+    stock, mine = both_modes(EXTENSIONS, img, cwd, "_csv",
+                             pythonpath=[str(tmp_path / "lib.zip"), src])
+    assert mine["out"] == stock["out"] and mine["extensions"] == 0

@@ -220,6 +220,7 @@ INT_FIELD(hits)
 INT_FIELD(fallbacks)
 INT_FIELD(direct)
 INT_FIELD(stamped)
+INT_FIELD(extensions)
 
 static int set_checked(HookState *s, PyObject *v, void *c) {
     int t = v ? PyObject_IsTrue(v) : -1;
@@ -238,6 +239,8 @@ static PyGetSetDef state_getset[] = {
     {"fallbacks", (getter)get_fallbacks, NULL, "modules of the image that went stock", NULL},
     {"direct", (getter)get_direct, NULL, "specs found without asking PathFinder", NULL},
     {"stamped", (getter)get_stamped, NULL, "direct specs proven by directory stamps", NULL},
+    {"extensions", (getter)get_extensions, NULL, "extension modules found without PathFinder",
+     NULL},
     {NULL},
 };
 

@@ -51,7 +51,7 @@ typedef struct {
 /* The Python objects a hook uses, in the order of rm_hook_new's io list. */
 enum { IO_IMAGE, IO_FAILED, IO_PATH_FINDER, IO_SOURCE_LOADER, IO_LOADER_TYPE, IO_ON_ERROR,
        IO_FILE_FINDER, IO_SPEC_FROM_FILE, IO_PATH_STAT, IO_VALIDATED, IO_BUILTIN, IO_FROZEN,
-       IO_IS_BUILTIN, IO_FIND_FROZEN, IO_COUNT };
+       IO_IS_BUILTIN, IO_FIND_FROZEN, IO_EXT_LOADER, IO_COUNT };
 
 /* How stock import fills an object it makes (learnt once from stock itself, see learn):
    the type, then each attribute of its __dict__ in stock's order, set from what the caller
@@ -83,7 +83,8 @@ typedef struct {              /* rm_hook.priv */
         IO_BUILTIN        importlib's BuiltinImporter
         IO_FROZEN         importlib's FrozenImporter
         IO_IS_BUILTIN     _imp.is_builtin
-        IO_FIND_FROZEN    _imp.find_frozen */
+        IO_FIND_FROZEN    _imp.find_frozen
+        IO_EXT_LOADER     importlib's ExtensionFileLoader */
     PyObject *hooks[2];       /* sys.path_hooks' items default_hooks last judged (strong) */
     int hooks_default;        /* its verdict on them */
     PyObject *suffixes[2];    /* importlib's SOURCE_SUFFIXES, BYTECODE_SUFFIXES (strong) */
@@ -611,6 +612,27 @@ static int default_hooks(hook_priv *p, PyObject *dir) {
     return same && suffixes_unchanged(p);
 }
 
+/* 1 when `finder`, sys.path_importer_cache's for `dir`, is a FileFinder for `dir` with stock's
+   default loaders (judged once per finder, kept in the validated set as (finder, "_loaders"),
+   and again when importlib's suffix lists change): what it finds there is what a new one
+   would, its listing being refilled whenever the directory's mtime changes.  0 not, -1 error. */
+static int default_finder(hook_priv *p, PyObject *finder, PyObject *dir) {
+    if (Py_TYPE(finder) != (PyTypeObject *)p->obj[IO_FILE_FINDER]) return 0;
+    PyObject *key = PyTuple_Pack(2, finder, s_loaders);
+    int rc = key ? PySet_Contains(p->obj[IO_VALIDATED], key) : -1;
+    if (rc == 0) {
+        PyObject *path = PyObject_GetAttr(finder, s_path);
+        PyObject *got = path ? PyObject_GetAttr(finder, s_loaders) : NULL;
+        PyObject *want = got ? default_loaders(p) : NULL;
+        rc = want ? PyObject_RichCompareBool(path, dir, Py_EQ) : -1;
+        if (rc > 0) rc = PyObject_RichCompareBool(got, want, Py_EQ);
+        if (rc > 0 && PySet_Add(p->obj[IO_VALIDATED], key) < 0) rc = -1;
+        Py_XDECREF(path); Py_XDECREF(got); Py_XDECREF(want);
+    }
+    Py_XDECREF(key);
+    return rc > 0 ? suffixes_unchanged(p) : rc;
+}
+
 /* 1 when directory `dir` has the mtime `stamp` (stat'ed once per process for a directory and
    stamp, kept in the validated set as (dir, stamp) until invalidate_caches), 0 not, -1 error. */
 static int stamp_holds(hook_priv *p, PyObject *dir, long long stamp) {
@@ -644,8 +666,10 @@ static int by_stamps(hook_priv *p, PyObject *path, const recorded *rec,
         return 0;
     PyObject *cache = PySys_GetObject("path_importer_cache");      /* borrowed */
     if (!cache || !PyDict_CheckExact(cache)) return 0;
-    int rc = PyDict_Contains(cache, dir);
-    if (rc != 0) return rc < 0 ? -1 : 0;        /* a finder stock would use: look_in's way */
+    PyObject *cached = PyDict_GetItemWithError(cache, dir);         /* borrowed */
+    if (!cached && PyErr_Occurred()) return -1;
+    int rc = cached ? default_finder(p, cached, dir) : 1;
+    if (rc <= 0) return rc;                     /* another finder: look_in's way decides */
     Py_INCREF(dir);                             /* (path may change under the calls below) */
     PyObject *base = NULL, *file = NULL;
     rc = stamp_holds(p, dir, info->dir_mtime_ns);
@@ -653,7 +677,7 @@ static int by_stamps(hook_priv *p, PyObject *path, const recorded *rec,
         base = path_join(dir, rec->tail);
         rc = base ? stamp_holds(p, base, info->pkg_mtime_ns) : -1;
     }
-    if (rc > 0) rc = default_hooks(p, dir);     /* (dir exists: the hook can be tried) */
+    if (rc > 0 && !cached) rc = default_hooks(p, dir);  /* (dir exists: can be tried) */
     if (rc > 0) {
         file = rec->package ? PyUnicode_FromString("__init__.py")
                             : PyUnicode_FromFormat("%U.py", rec->tail);
@@ -663,6 +687,90 @@ static int by_stamps(hook_priv *p, PyObject *path, const recorded *rec,
     }
     Py_DECREF(dir); Py_XDECREF(base); Py_XDECREF(file);
     return rc;
+}
+
+/* ---- Extension modules on sys.path ------------------------------------------------------ *
+ * A top-level name the image does not hold is, as often as not, an extension module of the
+ * standard library's lib-dynload (math, _json, _socket...), which stock import finds by asking
+ * the FileFinder of every sys.path entry before it, in Python.  The same listings prove where
+ * stock would find it: every entry before has a FileFinder whose listing holds no candidate
+ * for the name, and the entry's listing has name + an extension suffix as the first candidate
+ * its loaders try, a regular file, as FileFinder checks.  Anything else (a directory of that
+ * name, a source or bytecode file first, another kind of finder, no candidate anywhere) is
+ * left to PathFinder.  The spec is made as FileFinder._get_spec makes it. */
+
+/* -1 error, 0 not proven (something else stock would consider), 1 nothing there for `name`,
+   2 an extension module, its file in *full. */
+static int look_for_extension(hook_priv *p, PyObject *finder, PyObject *name, PyObject **full) {
+    int rc = -1;
+    PyObject *cache = NULL, *loaders = NULL, *dir = PyObject_GetAttr(finder, s_path);
+    if (!dir) goto done;
+    if (!PyUnicode_Check(dir)) { rc = 0; goto done; }
+    if (validate_listing(p, finder, dir) < 0) goto done;      /* may refill _path_cache */
+    cache = PyObject_GetAttr(finder, s_path_cache);
+    loaders = cache ? PyObject_GetAttr(finder, s_loaders) : NULL;
+    if (!loaders) goto done;
+    rc = 0;
+    if (!PyAnySet_Check(cache) || !PyList_Check(loaders)) goto done;
+    int has_dir = PySet_Contains(cache, name);      /* a package or namespace portion */
+    if (has_dir) { rc = has_dir < 0 ? -1 : 0; goto done; }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(loaders); i++) {
+        PyObject *pair = PyList_GET_ITEM(loaders, i);
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) goto done;
+        PyObject *file = PyUnicode_Concat(name, PyTuple_GET_ITEM(pair, 0));
+        int there = file ? PySet_Contains(cache, file) : -1;
+        if (there <= 0) { Py_XDECREF(file); if (there < 0) { rc = -1; goto done; } continue; }
+        if (PyTuple_GET_ITEM(pair, 1) != p->obj[IO_EXT_LOADER]) { Py_DECREF(file); goto done; }
+        PyObject *cand = path_join(dir, file);
+        Py_DECREF(file);
+        PyObject *fs = cand ? PyUnicode_EncodeFSDefault(cand) : NULL;
+        if (!fs) { Py_XDECREF(cand); rc = -1; goto done; }
+        struct stat st;
+        int is_file = stat(PyBytes_AS_STRING(fs), &st) == 0 && S_ISREG(st.st_mode);
+        Py_DECREF(fs);
+        if (is_file) { *full = cand; rc = 2; goto done; }
+        Py_DECREF(cand);                    /* FileFinder goes on with the next suffix */
+    }
+    rc = 1;
+done:
+    Py_XDECREF(dir); Py_XDECREF(cache); Py_XDECREF(loaders);
+    return rc;
+}
+
+/* 1: the spec of top-level extension module `fullname` (in *out); 0: not proven; -1: error. */
+static int find_extension(rm_hook *h, PyObject *fullname, PyObject *path, PyObject **out) {
+    hook_priv *p = h->priv;
+    if (path != Py_None || PyUnicode_FindChar(fullname, '.', 0, PyUnicode_GET_LENGTH(fullname),
+                                              1) != -1)
+        return 0;
+    PyObject *sys_path = PySys_GetObject("path");           /* borrowed */
+    PyObject *it = sys_path ? PyObject_GetIter(sys_path) : NULL;
+    if (!it) { PyErr_Clear(); return 0; }
+    PyObject *entry, *full = NULL;
+    int found = 1;
+    while (found == 1 && (entry = PyIter_Next(it))) {
+        /* as PathFinder._get_spec: entries that are not str are skipped, so are those
+           without a finder */
+        PyObject *finder = PyUnicode_Check(entry) ? entry_finder(p, entry) : Py_NewRef(Py_None);
+        Py_DECREF(entry);
+        if (!finder) { found = -1; break; }
+        if (finder == Py_None) found = 1;
+        else if (Py_TYPE(finder) != (PyTypeObject *)p->obj[IO_FILE_FINDER]) found = 0;
+        else found = look_for_extension(p, finder, fullname, &full);
+        Py_DECREF(finder);
+    }
+    Py_DECREF(it);
+    if (found < 0 || PyErr_Occurred()) { Py_XDECREF(full); return -1; }
+    if (found != 2) return 0;
+    PyObject *loader = PyObject_CallFunctionObjArgs(p->obj[IO_EXT_LOADER], fullname, full, NULL);
+    PyObject *args = loader ? PyTuple_Pack(2, fullname, full) : NULL;
+    PyObject *kw = args ? Py_BuildValue("{sOsO}", "loader", loader,
+                                        "submodule_search_locations", Py_None) : NULL;
+    *out = kw ? PyObject_Call(p->obj[IO_SPEC_FROM_FILE], args, kw) : NULL;
+    Py_XDECREF(loader); Py_XDECREF(args); Py_XDECREF(kw); Py_DECREF(full);
+    if (!*out) return -1;
+    h->extensions++;
+    return 1;
 }
 
 /* 1: the spec (in *out); 0: not proven, ask PathFinder; -1: error. */
@@ -764,13 +872,19 @@ static PyObject *finder_find_spec(PyObject *self, PyObject *const *args, Py_ssiz
     if (index >= 0 && rm__check_entry(p->image->img, (uint32_t)index, &info, err, ERRLEN) < 0)
         index = -2;
     int ahead = 0;
-    if (index == -1 || (index >= 0 && !stock_order(self, p, &ahead))) {
+    if (index >= -1 && !stock_order(self, p, &ahead)) {
         result = Py_NewRef(Py_None);
         goto done;
     }
-    int theirs = index >= 0 && ahead ? builtin_or_frozen(p, fullname) : 0;
+    int theirs = index >= -1 && ahead ? builtin_or_frozen(p, fullname) : 0;
     if (theirs) {
         if (theirs > 0) result = Py_NewRef(Py_None);
+        goto done;
+    }
+    if (index == -1) {        /* not in the image: an extension module, or PathFinder's */
+        int ext = find_extension(h, fullname, a[1], &result);
+        if (ext > 0 || (ext < 0 && !stepped_aside())) goto done;
+        result = Py_NewRef(Py_None);
         goto done;
     }
     if (index < 0) {          /* a bad directory: the image can no longer be trusted */

@@ -58,6 +58,13 @@
    than 64 KiB for boto3's import and was no slower materialising the whole stdlib.) */
 #define PAGE_UNIT 4096
 #define HUGE_PAGE (2 * 1024 * 1024)
+/* The directory and names sections are read a page at a time for the first META_FEW reads, then
+   META_UNIT at a time: a program that imports a few modules reads a few pages; one that
+   imports hundreds touches most of them (a probe of the lookup table reads the entry and the
+   name of each module it passes, [LKP-2]), where a page per read made sympy's find phase read
+   212 pages in as many preads. */
+#define META_FEW 16
+#define META_UNIT (16 * PAGE_UNIT)
 
 struct rm_image {
     int fd;                       /* kept open: chunks are read on demand */
@@ -69,6 +76,7 @@ struct rm_image {
     uint64_t dir_off, names_off, names_size, lookup_off, lookup_slots, sidx_off, sheap_off,
              sheap_size, mheap_off, mheap_size;
     unsigned char *page_ready;    /* per PAGE_UNIT: 1 once read from the file */
+    uint32_t meta_reads;          /* reads of the directory and names sections so far */
     uint64_t bytes_read;          /* how much of the file has been read so far */
     PyObject **strings;           /* resolved strings, by index (NULL: not yet) */
     unsigned char *state;         /* per module: LOAD_* below */
@@ -271,6 +279,7 @@ static int ensure(rm_image *img, uint64_t off, uint64_t len, uint64_t grain,
             img->bytes_read += (uint64_t)got;
         }
         memset(img->page_ready + p, 1, run - p);
+        if (p * PAGE_UNIT < img->lookup_off) img->meta_reads++;
         p = run;
     }
     return 0;
@@ -415,17 +424,22 @@ unsigned int rm_module_count(rm_image *img) { return img->nmodules; }
 unsigned long long rm_bytes_read(rm_image *img) { return img->bytes_read; }
 
 /* ---- Directory ([DIR-1], [LKP-2]) -------------------------------------------------------- */
+static uint64_t meta_grain(const rm_image *img) {
+    return img->meta_reads < META_FEW ? PAGE_UNIT : META_UNIT;
+}
+
 /* Entry i's name, bounds-checked (not yet checksummed): for binary search. */
 static const unsigned char *entry_name(rm_image *img, uint32_t i, uint32_t *len, char *err, int errlen) {
     uint64_t e_off = img->dir_off + (uint64_t)i * MODULE_SIZE;
-    if (ensure(img, e_off, MODULE_SIZE, PAGE_UNIT, err, errlen) < 0) return NULL;
+    if (ensure(img, e_off, MODULE_SIZE, meta_grain(img), err, errlen) < 0) return NULL;
     const unsigned char *e = img->base + e_off;
     uint32_t n_off = rd32(e + RM_DIR_NAME_OFFSET_OFF), n_len = rd32(e + RM_DIR_NAME_LENGTH_OFF);
     if ((uint64_t)n_off + n_len > img->names_size) {
         snprintf(err, errlen, "directory entry %u: name outside the names section", i);
         return NULL;
     }
-    if (ensure(img, img->names_off + n_off, n_len, PAGE_UNIT, err, errlen) < 0) return NULL;
+    if (ensure(img, img->names_off + n_off, n_len, meta_grain(img), err, errlen) < 0)
+        return NULL;
     *len = n_len;
     return img->base + img->names_off + n_off;
 }
@@ -442,7 +456,7 @@ int rm__check_entry(rm_image *img, uint32_t i, rm_entry_info *out, char *err, in
     uint32_t flags = rd32(e + RM_DIR_FLAGS_OFF);
     if ((uint64_t)p_off + p_len > img->names_size)
         FAIL("directory entry %u: name or path outside the names section", i);
-    if (ensure(img, img->names_off + p_off, p_len, PAGE_UNIT, err, errlen) < 0) goto fail;
+    if (ensure(img, img->names_off + p_off, p_len, meta_grain(img), err, errlen) < 0) goto fail;
     const unsigned char *path = img->base + img->names_off + p_off;
     uint32_t crc = crc32_update(0, e + RM_DIR_FLAGS_OFF, RM_DIR_BYTES - RM_DIR_FLAGS_OFF);
     crc = crc32_update(crc32_update(crc, name, n_len), path, p_len);

@@ -54,6 +54,7 @@ typedef struct {
     long long fallbacks;
     long long direct;
     long long stamped;        /* of the direct specs, those proven by directory stamps */
+    long long extensions;     /* extension modules found on sys.path without PathFinder */
     void *priv;
 } rm_hook;
 
