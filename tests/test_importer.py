@@ -455,6 +455,23 @@ PROBLEM = '''
 '''
 
 
+def test_an_image_out_of_the_page_cache_loads_the_same(tree):
+    """A cold start (the image's pages evicted): the first load of a top-level package asks
+    the kernel to read its modules ahead; what is imported is the same."""
+    src, img, cwd = tree
+    fd = os.open(img, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    body = '''
+        import pkg.sub, pkg.inner.deep
+        emit([pkg.g(), pkg.inner.deep.DEEP, owned(pkg), owned(pkg.sub), owned(pkg.inner.deep)])
+    '''
+    stock, mine = both_modes(body, img, cwd, pythonpath=[src])
+    assert mine[:2] == stock[:2] == ["gh", "tree"] and mine[2:] == [True, True, True]
+
+
 @pytest.mark.parametrize("kind", BAD_IMAGES)
 def test_unusable_image_one_warning_then_stock(tree, kind):
     src, img, cwd = tree

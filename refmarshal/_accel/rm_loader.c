@@ -27,6 +27,7 @@
 #  include <immintrin.h>
 #endif
 #include <sys/mman.h>
+#include <sys/uio.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -892,6 +893,76 @@ fail:
    is half fixed up; such a module is LOAD_BUSY, and another request for it fails instead of
    touching it (the import system's module locks make that rare: only direct Image.get_code calls
    can meet it).  A module that fails is LOAD_FAILED from then on: it may be half written. */
+/* ---- Read-ahead for a cold start ([DIR-4]) ------------------------------------------------ *
+ * A top-level package's modules, tests left out, lie together in the module heap, and a
+ * program that imports the package usually imports many of them.  At the package's first
+ * load, when its block is not in the page cache (a cold start: a read that must not wait
+ * fails), the kernel is asked to read that whole range now (POSIX_FADV_WILLNEED, asynchronous):
+ * the blocks then come in one stream while the first modules run, instead of one random read
+ * each.  Warm, it costs one failed-or-not read of a byte. */
+
+/* [DIR-4]: a name component after the first is test or tests or starts with test_. */
+static int is_test_name(const char *n, uint32_t len) {
+    const char *end = n + len, *c = memchr(n, '.', len);
+    while (c) {
+        const char *s = c + 1, *e = memchr(s, '.', (size_t)(end - s));
+        size_t k = (size_t)((e ? e : end) - s);
+        if ((k == 4 && !memcmp(s, "test", 4)) || (k == 5 && !memcmp(s, "tests", 5))
+            || (k >= 5 && !memcmp(s, "test_", 5)))
+            return 1;
+        c = e;
+    }
+    return 0;
+}
+
+#define AHEAD_SCAN 64                     /* test modules stepped over to find the range's end */
+#define AHEAD_MAX (64ULL * 1024 * 1024)   /* bytes advised at most */
+
+static void read_ahead(rm_image *img, uint32_t index, const rm_entry_info *info) {
+    if (!(info->flags & MOD_PACKAGE) || memchr(info->name, '.', info->name_len)) return;
+    char probe;
+    struct iovec iov = {&probe, 1};
+    errno = 0;
+    if (preadv2(img->fd, &iov, 1, (off_t)info->seg_off, RWF_NOWAIT) == 1
+        || errno != EAGAIN)
+        return;                           /* in the page cache (or no such test): warm */
+    /* the subtree's entries follow the package's, sorted ([DIR-2]): find the first entry
+       past them (names >= name + "/"), exponentially then by halves */
+    char err[64];
+    uint32_t lo = index, hi = index + 1, step = 1, len;
+    for (;;) {
+        if (hi >= img->nmodules) { hi = img->nmodules; break; }
+        const unsigned char *n = entry_name(img, hi, &len, err, (int)sizeof err);
+        if (!n) return;
+        if (len <= info->name_len || memcmp(n, info->name, info->name_len) != 0
+            || n[info->name_len] != '.')
+            break;
+        lo = hi;
+        hi = hi + step > img->nmodules ? img->nmodules : hi + step;
+        step *= 2;
+    }
+    while (hi - lo > 1) {                 /* lo in the subtree, hi past it */
+        uint32_t mid = lo + (hi - lo) / 2;
+        const unsigned char *n = entry_name(img, mid, &len, err, (int)sizeof err);
+        if (!n) return;
+        if (len > info->name_len && memcmp(n, info->name, info->name_len) == 0
+            && n[info->name_len] == '.')
+            lo = mid;
+        else
+            hi = mid;
+    }
+    uint64_t end = img->mheap_off + img->mheap_size;
+    for (uint32_t i = hi, k = 0; i < img->nmodules; i++, k++) {   /* the next non-test block */
+        rm_entry_info next;
+        if (k == AHEAD_SCAN || rm__check_entry(img, i, &next, err, (int)sizeof err) < 0) return;
+        if (!is_test_name(next.name, next.name_len)) { end = next.seg_off; break; }
+    }
+    if (end <= info->seg_off) return;
+    uint64_t n = end - info->seg_off;
+    posix_fadvise(img->fd, (off_t)info->seg_off, (off_t)(n < AHEAD_MAX ? n : AHEAD_MAX),
+                  POSIX_FADV_WILLNEED);
+}
+
 PyObject *rm__load(rm_image *img, uint32_t index, char *err, int errlen) {
     module_load m = {.img = img};
     m.codes.at = m.codes.inline_at;
@@ -911,6 +982,7 @@ PyObject *rm__load(rm_image *img, uint32_t index, char *err, int errlen) {
     PyObject *root = (PyObject *)(m.seg + m.info.root);
     if (img->state[index] == LOAD_DONE) return root;
     img->state[index] = LOAD_BUSY;
+    read_ahead(img, index, &m.info);
     if (bring_in(&m, err, errlen) < 0) goto fail;
     if (init_singletons() < 0) FAIL("accelerator not initialised");
     img->pinned = 1;              /* from here on the region holds objects Python may see */
