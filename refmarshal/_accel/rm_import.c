@@ -437,17 +437,30 @@ typedef struct {              /* what the image recorded for the module */
 
 /* -1 error, 0 the directory has a candidate (or is the module's own and does not prove the
    recorded file first), 1 nothing there for this name, 2 it is the recorded file. */
+/* A FileFinder's directory, its listing (checked against the directory, validate_listing)
+   and its (suffix, loader) list, as new references: 1; 0 when they do not have the types
+   FileFinder gives them (nothing set); -1 error. */
+static int finder_listing(hook_priv *p, PyObject *finder, PyObject **dir, PyObject **cache,
+                          PyObject **loaders) {
+    *dir = PyObject_GetAttr(finder, s_path);
+    *cache = *loaders = NULL;
+    int rc = *dir ? 0 : -1;
+    if (rc == 0 && PyUnicode_Check(*dir)) {
+        rc = validate_listing(p, finder, *dir) < 0 ? -1 : 0;    /* may refill _path_cache */
+        *cache = rc == 0 ? PyObject_GetAttr(finder, s_path_cache) : NULL;
+        *loaders = *cache ? PyObject_GetAttr(finder, s_loaders) : NULL;
+        rc = !*loaders ? -1 : PyAnySet_Check(*cache) && PyList_Check(*loaders);
+    }
+    if (rc <= 0) { Py_CLEAR(*dir); Py_CLEAR(*cache); Py_CLEAR(*loaders); }
+    return rc;
+}
+
 static int look_in(hook_priv *p, PyObject *finder, const recorded *rec, PyObject **full) {
-    int rc = -1, own;
-    PyObject *cache = NULL, *loaders = NULL, *base = NULL;
-    PyObject *dir = PyObject_GetAttr(finder, s_path);
-    if (!dir) goto done;
-    if (!PyUnicode_Check(dir)) { rc = 0; goto done; }
-    if (validate_listing(p, finder, dir) < 0) goto done;      /* may refill _path_cache */
-    cache = PyObject_GetAttr(finder, s_path_cache);
-    loaders = cache ? PyObject_GetAttr(finder, s_loaders) : NULL;
-    if (!loaders) goto done;
-    if (!PyAnySet_Check(cache) || !PyList_Check(loaders)) { rc = 0; goto done; }
+    int rc, own;
+    PyObject *dir, *cache, *loaders, *base = NULL;
+    rc = finder_listing(p, finder, &dir, &cache, &loaders);
+    if (rc <= 0) return rc;
+    rc = -1;
     own = PyUnicode_Compare(dir, rec->dir) == 0;
     int has_dir = PySet_Contains(cache, rec->tail);
     if (has_dir < 0) goto done;
@@ -702,16 +715,10 @@ static int by_stamps(hook_priv *p, PyObject *path, const recorded *rec,
 /* -1 error, 0 not proven (something else stock would consider), 1 nothing there for `name`,
    2 an extension module, its file in *full. */
 static int look_for_extension(hook_priv *p, PyObject *finder, PyObject *name, PyObject **full) {
-    int rc = -1;
-    PyObject *cache = NULL, *loaders = NULL, *dir = PyObject_GetAttr(finder, s_path);
-    if (!dir) goto done;
-    if (!PyUnicode_Check(dir)) { rc = 0; goto done; }
-    if (validate_listing(p, finder, dir) < 0) goto done;      /* may refill _path_cache */
-    cache = PyObject_GetAttr(finder, s_path_cache);
-    loaders = cache ? PyObject_GetAttr(finder, s_loaders) : NULL;
-    if (!loaders) goto done;
+    PyObject *dir, *cache, *loaders;
+    int rc = finder_listing(p, finder, &dir, &cache, &loaders);
+    if (rc <= 0) return rc;
     rc = 0;
-    if (!PyAnySet_Check(cache) || !PyList_Check(loaders)) goto done;
     int has_dir = PySet_Contains(cache, name);      /* a package or namespace portion */
     if (has_dir) { rc = has_dir < 0 ? -1 : 0; goto done; }
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(loaders); i++) {
