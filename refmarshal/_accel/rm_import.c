@@ -435,8 +435,6 @@ typedef struct {              /* what the image recorded for the module */
     int package;
 } recorded;
 
-/* -1 error, 0 the directory has a candidate (or is the module's own and does not prove the
-   recorded file first), 1 nothing there for this name, 2 it is the recorded file. */
 /* A FileFinder's directory, its listing (checked against the directory, validate_listing)
    and its (suffix, loader) list, as new references: 1; 0 when they do not have the types
    FileFinder gives them (nothing set); -1 error. */
@@ -455,6 +453,8 @@ static int finder_listing(hook_priv *p, PyObject *finder, PyObject **dir, PyObje
     return rc;
 }
 
+/* -1 error, 0 the directory has a candidate (or is the module's own and does not prove the
+   recorded file first), 1 nothing there for this name, 2 it is the recorded file. */
 static int look_in(hook_priv *p, PyObject *finder, const recorded *rec, PyObject **full) {
     int rc, own;
     PyObject *dir, *cache, *loaders, *base = NULL;
