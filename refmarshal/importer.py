@@ -89,8 +89,9 @@ class ImageFinder:
     spec stock import would find, or asks ``PathFinder`` for it, and only when that spec is the
     very file the image recorded (same path, a plain source module, and nothing but stock's
     finders between this one and ``PathFinder`` on ``sys.meta_path``) gives it an
-    ``ImageLoader``, which checks the source in checked mode.  Being C, it adds no Python frame to an import: tracers, debuggers and
-    ``warnings`` see what they see with stock import.
+    ``ImageLoader``, which checks the source in checked mode.  Being C, it adds no Python
+    frame to an import: tracers, debuggers and ``warnings`` see what they see with stock
+    import.
 
     ``hits`` counts modules whose code came from the image, ``fallbacks`` modules the image
     holds that went through stock import (shadowed, stale, or a bad module)."""
@@ -260,19 +261,17 @@ def install(path=None, *, checked=True):
     finder = _open(path, checked)
     if finder is None:
         return None
-    place = mp.index(PathFinder) if slot is None else slot
-    if slot is not None and mp[slot + 1:slot + 2] != [PathFinder]:
-        mp[slot] = finder   # in place: the import system may be walking sys.meta_path now
-    elif place >= 2 and mp[place - 2] is BuiltinImporter and mp[place - 1] is FrozenImporter:
-        # (a PendingFinder's slot: what follows it keeps its index, so a walk of the import
-        # system's goes on at PathFinder)
-        if slot is not None:
-            del mp[slot]
-        mp.insert(place - 2, finder)
-    elif slot is None:
-        mp.insert(place, finder)
+    if slot is None:
+        slot = mp.index(PathFinder)
+        mp.insert(slot, finder)
     else:
-        mp[slot] = finder
+        mp[slot] = finder   # in place: the import system may be walking sys.meta_path now
+    if slot >= 2 and mp[slot - 2:slot] == [BuiltinImporter, FrozenImporter] \
+            and mp[slot + 1:slot + 2] == [PathFinder]:
+        # before stock's two: what follows the slot keeps its index, so a walk of the import
+        # system's (a PendingFinder woke up in it) goes on at PathFinder
+        del mp[slot]
+        mp.insert(slot - 2, finder)
     return finder
 
 

@@ -673,3 +673,22 @@ def test_extension_modules_after_a_zip_entry_are_left_to_pathfinder(tree, tmp_pa
     stock, mine = both_modes(EXTENSIONS, img, cwd, "_csv",
                              pythonpath=[str(tmp_path / "lib.zip"), src])
     assert mine["out"] == stock["out"] and mine["extensions"] == 0
+
+
+def test_sys_path_deleted_is_stocks_error_not_a_crash(tree):
+    """Without sys.path, stock import raises AttributeError; the finder, walking the path
+    entries itself, must step aside (it once passed NULL on and crashed the process)."""
+    src, img, cwd = tree
+    body = '''
+        del sys.path
+        out = []
+        for name in ("mod", "_csv"):
+            try:
+                __import__(name)
+                out.append("imported")
+            except Exception as exc:
+                out.append([type(exc).__name__, str(exc)])
+        emit(out)
+    '''
+    stock, mine = both_modes(body, img, cwd, pythonpath=[src])
+    assert mine == stock == [["AttributeError", "module 'sys' has no attribute 'path'"]] * 2

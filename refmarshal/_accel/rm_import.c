@@ -210,6 +210,12 @@ static int builtin_or_frozen(hook_priv *p, PyObject *fullname) {
     return yes >= 0 ? yes : stepped_aside() ? 1 : -1;
 }
 
+/* 1 when `fullname` is asked for as a top-level module: no dot, path None. */
+static int is_top_level(PyObject *fullname, PyObject *path) {
+    return path == Py_None
+           && PyUnicode_FindChar(fullname, '.', 0, PyUnicode_GET_LENGTH(fullname), 1) == -1;
+}
+
 /* 1 when the file at `path` has the size and mtime the image recorded. */
 static int source_unchanged(const char *path, const rm_entry_info *info) {
     struct stat st;
@@ -453,9 +459,22 @@ static int finder_listing(hook_priv *p, PyObject *finder, PyObject **dir, PyObje
     return rc;
 }
 
+/* 1 when `path` (str) names a regular file, as FileFinder's _path_isfile tests it; 0 not;
+   -1 error. */
+static int is_regular_file(PyObject *path) {
+    PyObject *fs = PyUnicode_EncodeFSDefault(path);
+    if (!fs) return -1;
+    struct stat st;
+    int yes = stat(PyBytes_AS_STRING(fs), &st) == 0 && S_ISREG(st.st_mode);
+    Py_DECREF(fs);
+    return yes;
+}
+
 /* -1 error, 0 the directory has a candidate (or is the module's own and does not prove the
-   recorded file first), 1 nothing there for this name, 2 it is the recorded file. */
-static int look_in(hook_priv *p, PyObject *finder, const recorded *rec, PyObject **full) {
+   recorded file first), 1 nothing there for this name, 2 it is the recorded file.  `what`:
+   the module's recorded (walk_entries calls it). */
+static int look_in(hook_priv *p, PyObject *finder, const void *what, PyObject **full) {
+    const recorded *rec = what;
     int rc, own;
     PyObject *dir, *cache, *loaders, *base = NULL;
     rc = finder_listing(p, finder, &dir, &cache, &loaders);
@@ -484,13 +503,9 @@ static int look_in(hook_priv *p, PyObject *finder, const recorded *rec, PyObject
                 }
                 goto done;
             }
-            PyObject *fs = PyUnicode_EncodeFSDefault(cand);
+            int exists = is_regular_file(cand);
             Py_DECREF(cand);
-            if (!fs) { rc = -1; goto done; }
-            struct stat st;
-            int exists = stat(PyBytes_AS_STRING(fs), &st) == 0 && S_ISREG(st.st_mode);
-            Py_DECREF(fs);
-            if (exists) goto done;               /* another __init__ comes first */
+            if (exists) { rc = exists < 0 ? -1 : 0; goto done; } /* another __init__ first */
         }
         goto done;
     }
@@ -702,6 +717,32 @@ static int by_stamps(hook_priv *p, PyObject *path, const recorded *rec,
     return rc;
 }
 
+/* Walks path `entries` (sys.path or a package's __path__; NULL: 0) as PathFinder._get_spec
+   does, entries that are not str skipped and so are those without a finder, asking `look` of
+   each FileFinder while it answers 1 (nothing there for the name).  Returns its last answer:
+   2 found (the file in *full), 1 nothing anywhere, 0 not proven (`look` said so, or an entry
+   has another kind of finder), -1 error. */
+typedef int (*look_fn)(hook_priv *p, PyObject *finder, const void *what, PyObject **full);
+static int walk_entries(hook_priv *p, PyObject *entries, look_fn look, const void *what,
+                        PyObject **full) {
+    PyObject *it = entries ? PyObject_GetIter(entries) : NULL, *entry;
+    if (!it) return entries ? -1 : 0;
+    int found = 1;
+    while (found == 1 && (entry = PyIter_Next(it))) {
+        PyObject *finder = PyUnicode_Check(entry) ? entry_finder(p, entry) : Py_NewRef(Py_None);
+        Py_DECREF(entry);
+        if (!finder) found = -1;
+        else if (finder == Py_None) found = 1;
+        else if (Py_TYPE(finder) != (PyTypeObject *)p->obj[IO_FILE_FINDER]) found = 0;
+        else found = look(p, finder, what, full);
+        Py_XDECREF(finder);
+    }
+    Py_DECREF(it);
+    if (found >= 0 && PyErr_Occurred()) found = -1;
+    if (found < 0) Py_CLEAR(*full);
+    return found;
+}
+
 /* ---- Extension modules on sys.path ------------------------------------------------------ *
  * A top-level name the image does not hold is, as often as not, an extension module of the
  * standard library's lib-dynload (math, _json, _socket...), which stock import finds by asking
@@ -712,10 +753,11 @@ static int by_stamps(hook_priv *p, PyObject *path, const recorded *rec,
  * name, a source or bytecode file first, another kind of finder, no candidate anywhere) is
  * left to PathFinder.  The spec is made as FileFinder._get_spec makes it. */
 
-/* -1 error, 0 not proven (something else stock would consider), 1 nothing there for `name`,
-   2 an extension module, its file in *full. */
-static int look_for_extension(hook_priv *p, PyObject *finder, PyObject *name, PyObject **full) {
-    PyObject *dir, *cache, *loaders;
+/* -1 error, 0 not proven (something else stock would consider), 1 nothing there for `what`
+   (the name, str), 2 an extension module, its file in *full (walk_entries calls it). */
+static int look_for_extension(hook_priv *p, PyObject *finder, const void *what,
+                              PyObject **full) {
+    PyObject *name = (PyObject *)what, *dir, *cache, *loaders;
     int rc = finder_listing(p, finder, &dir, &cache, &loaders);
     if (rc <= 0) return rc;
     rc = 0;
@@ -730,12 +772,12 @@ static int look_for_extension(hook_priv *p, PyObject *finder, PyObject *name, Py
         if (PyTuple_GET_ITEM(pair, 1) != p->obj[IO_EXT_LOADER]) { Py_DECREF(file); goto done; }
         PyObject *cand = path_join(dir, file);
         Py_DECREF(file);
-        PyObject *fs = cand ? PyUnicode_EncodeFSDefault(cand) : NULL;
-        if (!fs) { Py_XDECREF(cand); rc = -1; goto done; }
-        struct stat st;
-        int is_file = stat(PyBytes_AS_STRING(fs), &st) == 0 && S_ISREG(st.st_mode);
-        Py_DECREF(fs);
-        if (is_file) { *full = cand; rc = 2; goto done; }
+        int is_file = cand ? is_regular_file(cand) : -1;
+        if (is_file) {
+            if (is_file > 0) { *full = cand; rc = 2; }
+            else { Py_XDECREF(cand); rc = -1; }
+            goto done;
+        }
         Py_DECREF(cand);                    /* FileFinder goes on with the next suffix */
     }
     rc = 1;
@@ -744,31 +786,13 @@ done:
     return rc;
 }
 
-/* 1: the spec of top-level extension module `fullname` (in *out); 0: not proven; -1: error. */
-static int find_extension(rm_hook *h, PyObject *fullname, PyObject *path, PyObject **out) {
+/* 1: the spec of top-level extension module `fullname` (a name with no dot, asked for with
+   path None: is_top_level) in *out; 0: not proven; -1: error. */
+static int find_extension(rm_hook *h, PyObject *fullname, PyObject **out) {
     hook_priv *p = h->priv;
-    if (path != Py_None || PyUnicode_FindChar(fullname, '.', 0, PyUnicode_GET_LENGTH(fullname),
-                                              1) != -1)
-        return 0;
-    PyObject *sys_path = PySys_GetObject("path");           /* borrowed */
-    PyObject *it = sys_path ? PyObject_GetIter(sys_path) : NULL;
-    if (!it) { PyErr_Clear(); return 0; }
-    PyObject *entry, *full = NULL;
-    int found = 1;
-    while (found == 1 && (entry = PyIter_Next(it))) {
-        /* as PathFinder._get_spec: entries that are not str are skipped, so are those
-           without a finder */
-        PyObject *finder = PyUnicode_Check(entry) ? entry_finder(p, entry) : Py_NewRef(Py_None);
-        Py_DECREF(entry);
-        if (!finder) { found = -1; break; }
-        if (finder == Py_None) found = 1;
-        else if (Py_TYPE(finder) != (PyTypeObject *)p->obj[IO_FILE_FINDER]) found = 0;
-        else found = look_for_extension(p, finder, fullname, &full);
-        Py_DECREF(finder);
-    }
-    Py_DECREF(it);
-    if (found < 0 || PyErr_Occurred()) { Py_XDECREF(full); return -1; }
-    if (found != 2) return 0;
+    PyObject *full = NULL;
+    int found = walk_entries(p, PySys_GetObject("path"), look_for_extension, fullname, &full);
+    if (found != 2) return found < 0 ? -1 : 0;
     PyObject *loader = PyObject_CallFunctionObjArgs(p->obj[IO_EXT_LOADER], fullname, full, NULL);
     PyObject *args = loader ? PyTuple_Pack(2, fullname, full) : NULL;
     PyObject *kw = args ? Py_BuildValue("{sOsO}", "loader", loader,
@@ -785,31 +809,16 @@ static int find_directly(rm_hook *h, PyObject *hook_cap, PyObject *fullname, PyO
                          const rm_entry_info *info, PyObject **out) {
     hook_priv *p = h->priv;
     recorded rec = {0};
-    PyObject *it = NULL, *full = NULL, *loader = NULL;
+    PyObject *full = NULL, *loader = NULL;
     int rc = recorded_for(fullname, info, &rec);
     if (rc <= 0) goto done;
     rc = -1;
     int stamped = by_stamps(p, path, &rec, info, &full);
     if (stamped < 0) goto done;
     if (!stamped) {
-        it = PyObject_GetIter(path == Py_None ? PySys_GetObject("path") : path);
-        if (!it) goto done;
-        PyObject *entry;
-        int found = 1;
-        while (found == 1 && (entry = PyIter_Next(it))) {
-            /* as PathFinder._get_spec: entries that are not str are skipped, so are those
-               without a finder */
-            PyObject *finder = PyUnicode_Check(entry) ? entry_finder(p, entry)
-                                                      : Py_NewRef(Py_None);
-            Py_DECREF(entry);
-            if (!finder) goto done;
-            if (finder == Py_None) found = 1;
-            else if (Py_TYPE(finder) != (PyTypeObject *)p->obj[IO_FILE_FINDER]) found = 0;
-            else found = look_in(p, finder, &rec, &full);
-            Py_DECREF(finder);
-            if (found < 0) goto done;
-        }
-        if (PyErr_Occurred()) goto done;
+        int found = walk_entries(p, path == Py_None ? PySys_GetObject("path") : path, look_in,
+                                 &rec, &full);
+        if (found < 0) goto done;
         rc = 0;
         if (found != 2) goto done;              /* ran out of entries, or not proven */
     }
@@ -845,7 +854,7 @@ static int find_directly(rm_hook *h, PyObject *hook_cap, PyObject *fullname, PyO
     rc = 1;
 done:
     Py_XDECREF(rec.tail); Py_XDECREF(rec.path); Py_XDECREF(rec.dir);
-    Py_XDECREF(it); Py_XDECREF(full); Py_XDECREF(loader);
+    Py_XDECREF(full); Py_XDECREF(loader);
     return rc;
 }
 
@@ -878,8 +887,9 @@ static PyObject *finder_find_spec(PyObject *self, PyObject *const *args, Py_ssiz
     int index = find_name(p->image, fullname, err);
     if (index >= 0 && rm__check_entry(p->image->img, (uint32_t)index, &info, err, ERRLEN) < 0)
         index = -2;
-    int ahead = 0;
-    if (index >= -1 && !stock_order(self, p, &ahead)) {
+    int ahead = 0;            /* (not in the image: only a top-level name may be served) */
+    if ((index == -1 && !is_top_level(fullname, a[1]))
+        || (index >= -1 && !stock_order(self, p, &ahead))) {
         result = Py_NewRef(Py_None);
         goto done;
     }
@@ -889,7 +899,7 @@ static PyObject *finder_find_spec(PyObject *self, PyObject *const *args, Py_ssiz
         goto done;
     }
     if (index == -1) {        /* not in the image: an extension module, or PathFinder's */
-        int ext = find_extension(h, fullname, a[1], &result);
+        int ext = find_extension(h, fullname, &result);
         if (ext > 0 || (ext < 0 && !stepped_aside())) goto done;
         result = Py_NewRef(Py_None);
         goto done;

@@ -915,6 +915,16 @@ static int is_test_name(const char *n, uint32_t len) {
     return 0;
 }
 
+/* 1 when entry i's name is below the package `info` names (its name + "." + more). */
+static int in_subtree(rm_image *img, uint32_t i, const rm_entry_info *info, char *err,
+                      int errlen) {
+    uint32_t len;
+    const unsigned char *n = entry_name(img, i, &len, err, errlen);
+    if (!n) return -1;
+    return len > info->name_len && memcmp(n, info->name, info->name_len) == 0
+           && n[info->name_len] == '.';
+}
+
 #define AHEAD_SCAN 64                     /* test modules stepped over to find the range's end */
 #define AHEAD_MAX (64ULL * 1024 * 1024)   /* bytes advised at most */
 
@@ -929,27 +939,19 @@ static void read_ahead(rm_image *img, uint32_t index, const rm_entry_info *info)
     /* the subtree's entries follow the package's, sorted ([DIR-2]): find the first entry
        past them (names >= name + "/"), exponentially then by halves */
     char err[64];
-    uint32_t lo = index, hi = index + 1, step = 1, len;
-    for (;;) {
-        if (hi >= img->nmodules) { hi = img->nmodules; break; }
-        const unsigned char *n = entry_name(img, hi, &len, err, (int)sizeof err);
-        if (!n) return;
-        if (len <= info->name_len || memcmp(n, info->name, info->name_len) != 0
-            || n[info->name_len] != '.')
-            break;
+    uint32_t lo = index, hi = index + 1, step = 1;
+    int below;
+    while (hi < img->nmodules && (below = in_subtree(img, hi, info, err, sizeof err)) != 0) {
+        if (below < 0) return;
         lo = hi;
         hi = hi + step > img->nmodules ? img->nmodules : hi + step;
         step *= 2;
     }
     while (hi - lo > 1) {                 /* lo in the subtree, hi past it */
         uint32_t mid = lo + (hi - lo) / 2;
-        const unsigned char *n = entry_name(img, mid, &len, err, (int)sizeof err);
-        if (!n) return;
-        if (len > info->name_len && memcmp(n, info->name, info->name_len) == 0
-            && n[info->name_len] == '.')
-            lo = mid;
-        else
-            hi = mid;
+        if ((below = in_subtree(img, mid, info, err, sizeof err)) < 0) return;
+        if (below) lo = mid;
+        else hi = mid;
     }
     uint64_t end = img->mheap_off + img->mheap_size;
     for (uint32_t i = hi, k = 0; i < img->nmodules; i++, k++) {   /* the next non-test block */
