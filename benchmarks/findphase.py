@@ -73,11 +73,17 @@ import _frozen_importlib as b
 with open(sys.argv[1], "rb") as fh:
     calls = marshal.loads(fh.read())
 fs = b._find_spec
+def absent(name):
+    try:
+        __import__(name)
+    except ModuleNotFoundError:
+        return None
+    raise SystemExit(f"{name} was found")
 n0, p0, o0 = calls[0]
 t0 = now()
 first = fs(n0, p0)
 t1 = now()
-specs = [fs(n, p) for n, p, o in calls[1:]]
+specs = [absent(n) if o is None and p is None else fs(n, p) for n, p, o in calls[1:]]
 t2 = now()
 specs.insert(0, first)
 origins = [None if s is None else str(s.origin) for s in specs]

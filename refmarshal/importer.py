@@ -147,6 +147,14 @@ class ImageFinder:
         same proof as ``direct`` (rm_import.c: find_extension)."""
         return self._c.extensions
 
+    @property
+    def absent(self):
+        """Imports of top-level names nobody provides (not in the image, not built in or
+        frozen, no candidate in any ``sys.path`` entry) answered without PathFinder: the
+        finders after it asked, then stock's ModuleNotFoundError raised (rm_import.c:
+        answer_absent)."""
+        return self._c.absent
+
     def invalidate_caches(self):
         """importlib.invalidate_caches() calls it: every directory listing and directory
         stamp is checked again against its directory at its next use."""

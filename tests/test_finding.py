@@ -692,3 +692,124 @@ def test_sys_path_deleted_is_stocks_error_not_a_crash(tree):
     '''
     stock, mine = both_modes(body, img, cwd, pythonpath=[src])
     assert mine == stock == [["AttributeError", "module 'sys' has no attribute 'path'"]] * 2
+
+
+# ---------------------------------------------------------------------------------------
+# Top-level names nobody provides (`try: import nt`): answered by the finder, for C import
+# only, with what stock would do after PathFinder found nothing.
+
+ABSENT = '''
+    import importlib, importlib.util, traceback
+    def attempt(how, name):
+        try:
+            if how == "statement":
+                exec(f"import {name}")
+            elif how == "__import__":
+                __import__(name)
+            else:
+                importlib.import_module(name)
+        except ImportError as exc:
+            return [type(exc).__name__, str(exc), exc.name, exc.path, exc.args,
+                    traceback.format_exception(exc)]
+        return ["imported", sys.modules[name].__spec__.submodule_search_locations is not None]
+    out = [attempt(how, name) for how in ("statement", "__import__", "import_module")
+           for name in ("no_such_module_here", "nsdir")]
+    out.append(repr(importlib.util.find_spec("no_such_module_here")))
+    emit(dict(out=out, absent=finder and finder.absent))
+'''
+
+
+def test_names_nobody_provides_fail_as_stock(tree):
+    """The exception, its attributes and its formatted traceback are stock's, for an import
+    statement and __import__ (answered by the finder) and importlib.import_module (whose
+    traceback keeps importlib's frames: left to PathFinder); a namespace directory is
+    imported; importlib.util.find_spec gets None."""
+    src, img, cwd = tree
+    (src / "nsdir").mkdir()
+    stock, mine = both_modes(ABSENT, img, cwd, pythonpath=[src])
+    assert mine["out"] == stock["out"]
+    assert stock["out"][0][:3] == ["ModuleNotFoundError", "No module named 'no_such_module_here'",
+                                   "no_such_module_here"]
+    assert stock["out"][1] == ["imported", True]
+    assert any("_find_and_load_unlocked" in line for line in stock["out"][4][-1])
+    assert mine["absent"] == 2
+
+
+def test_a_module_made_after_a_failed_import_is_found_without_invalidate_caches(tree):
+    """FileFinder checks its directory's mtime at every call, so stock finds a module
+    created after a failed import of its name; so must the finder's answer."""
+    src, img, cwd = tree
+    body = '''
+        name = "made_later_" + MODE           # each run makes its own
+        out = []
+        for attempt in range(2):
+            try:
+                out.append(__import__(name).X)
+            except ImportError as exc:
+                out.append(str(exc).replace(MODE, "MODE"))
+                with open(f"{sys.argv[3]}/{name}.py", "w") as fh:
+                    fh.write("X = 42\\n")
+        emit(dict(out=out, absent=finder and finder.absent))
+    '''
+    stock, mine = both_modes(body, img, cwd, src, pythonpath=[src])
+    assert stock["out"] == mine["out"] == ["No module named 'made_later_MODE'", 42]
+    assert mine["absent"] == 1
+
+
+def test_finders_after_pathfinder_are_asked_in_order(tree):
+    """botocore's vendored six appends a finder to sys.meta_path: a name it provides is
+    its, an error it raises is raised, and others still fail as stock."""
+    src, img, cwd = tree
+    body = '''
+        import importlib.util
+        asked = []
+        class Late:
+            def __init__(self, tag):
+                self.tag = tag
+            def find_spec(self, name, path=None, target=None):
+                asked.append([self.tag, name, path, target])
+                if name == "late_mod" and self.tag == "second":
+                    return importlib.util.spec_from_loader(name, self)
+                if name == "late_error":
+                    raise ValueError("late finder failed")
+            def create_module(self, spec):
+                return None
+            def exec_module(self, module):
+                module.X = self.tag
+        sys.meta_path += [Late("first"), object(), Late("second")]
+        out = []
+        for name in ("late_mod", "late_error", "late_missing"):
+            try:
+                out.append(__import__(name).X)
+            except Exception as exc:
+                out.append([type(exc).__name__, str(exc)])
+        emit(dict(out=out, asked=asked, absent=finder and finder.absent))
+    '''
+    stock, mine = both_modes(body, img, cwd, pythonpath=[src])
+    assert mine["out"] == stock["out"] == [
+        "second", ["ValueError", "late finder failed"],
+        ["ModuleNotFoundError", "No module named 'late_missing'"]]
+    assert mine["asked"] == stock["asked"]
+    assert mine["absent"] == 1
+
+
+def test_a_wrapped_find_spec_leaves_names_nobody_provides_to_stock(tree):
+    """A tool that wraps the import system's _find_spec (refmarshal's own profiler does)
+    puts a frame of its own in the failing import's traceback: the finder leaves it to
+    PathFinder, so the traceback is stock's."""
+    src, img, cwd = tree
+    body = '''
+        import importlib._bootstrap as b, traceback
+        real = b._find_spec
+        def _find_spec(name, path, target=None):
+            return real(name, path, target)
+        b._find_spec = _find_spec
+        try:
+            import no_such_module_here
+        except ImportError as exc:
+            out = traceback.format_exception(exc)
+        emit(dict(out=out, absent=finder and finder.absent))
+    '''
+    stock, mine = both_modes(body, img, cwd, pythonpath=[src])
+    assert mine["out"] == stock["out"]
+    assert mine["absent"] == 0

@@ -221,6 +221,7 @@ INT_FIELD(fallbacks)
 INT_FIELD(direct)
 INT_FIELD(stamped)
 INT_FIELD(extensions)
+INT_FIELD(absent)
 
 static int set_checked(HookState *s, PyObject *v, void *c) {
     int t = v ? PyObject_IsTrue(v) : -1;
@@ -241,6 +242,8 @@ static PyGetSetDef state_getset[] = {
     {"stamped", (getter)get_stamped, NULL, "direct specs proven by directory stamps", NULL},
     {"extensions", (getter)get_extensions, NULL, "extension modules found without PathFinder",
      NULL},
+    {"absent", (getter)get_absent, NULL, "imports of names nobody provides answered without "
+     "PathFinder", NULL},
     {NULL},
 };
 

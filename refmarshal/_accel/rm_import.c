@@ -66,6 +66,11 @@ typedef struct {
     PyObject *value[MAX_ATTRS];   /* V_CONST: None, True or False (immortal enough: strong) */
 } made_like;
 
+/* Frozen importlib's functions whose frames an import statement's find runs in. */
+enum { CODE_FIND_SPEC, CODE_UNLOCKED, CODE_FIND_AND_LOAD, CODE_GCD_IMPORT, CODE_COUNT };
+static const char *const code_names[CODE_COUNT] = {"_find_spec", "_find_and_load_unlocked",
+                                                   "_find_and_load", "_gcd_import"};
+
 typedef struct {              /* rm_hook.priv */
     image_ref *image;
     PyObject *obj[IO_COUNT];  /* strong references:
@@ -92,6 +97,9 @@ typedef struct {              /* rm_hook.priv */
     int learnt;               /* the templates below: 0 not yet learnt, 1 usable, -1 not */
     made_like spec_tmpl[2];   /* a module's spec, a package's */
     made_like loader_tmpl;    /* an ImageLoader */
+    PyObject *code[CODE_COUNT];   /* frozen importlib's functions' code (strong), see
+                                     called_by_import; code[0] NULL: not looked up yet */
+    int codes_known;          /* 1 found, -1 not (then names are never answered absent) */
 } hook_priv;
 
 /* Attribute names the hot path uses, interned once (rm_hook_new). */
@@ -786,12 +794,48 @@ done:
     return rc;
 }
 
+/* The directory's st_mtime as os.stat gives it (posixmodule's fill_time: seconds plus
+   nanoseconds times 1e-9, a double), -1 when it cannot be stat'ed: what FileFinder.find_spec
+   compares with _path_mtime at every call.  A new reference; NULL with an exception. */
+static PyObject *dir_mtime(PyObject *dir) {
+    PyObject *fs = PyUnicode_EncodeFSDefault(dir);
+    if (!fs) return NULL;
+    struct stat st;
+    int ok = stat(PyBytes_AS_STRING(fs), &st) == 0;
+    Py_DECREF(fs);
+    return ok ? PyFloat_FromDouble(st.st_mtim.tv_sec + st.st_mtim.tv_nsec * 1e-9)
+              : PyLong_FromLong(-1);
+}
+
+/* look_for_extension as FileFinder would look now, for a name look_for_extension found nowhere
+   moments ago: the listing is refilled when its directory's mtime is no longer the one it was
+   filled at, and only then looked at again (walk_entries calls it). */
+static int look_again_now(hook_priv *p, PyObject *finder, const void *what, PyObject **full) {
+    PyObject *dir = PyObject_GetAttr(finder, s_path), *mtime = NULL, *filled = NULL;
+    if (!dir || !PyUnicode_Check(dir)) {        /* not FileFinder's: not proven */
+        Py_XDECREF(dir);
+        return dir ? 0 : -1;
+    }
+    int rc = (mtime = dir_mtime(dir)) && (filled = PyObject_GetAttrString(finder, "_path_mtime"))
+             ? PyObject_RichCompareBool(mtime, filled, Py_EQ) : -1;
+    if (rc == 0) {
+        PyObject *r = PyObject_CallMethod(finder, "_fill_cache", NULL);
+        rc = r && PyObject_SetAttrString(finder, "_path_mtime", mtime) == 0
+             ? look_for_extension(p, finder, what, full) : -1;
+        Py_XDECREF(r);
+    }
+    Py_DECREF(dir); Py_XDECREF(mtime); Py_XDECREF(filled);
+    return rc;
+}
+
 /* 1: the spec of top-level extension module `fullname` (a name with no dot, asked for with
-   path None: is_top_level) in *out; 0: not proven; -1: error. */
+   path None: is_top_level) in *out; 2: no sys.path entry has a candidate for the name (by
+   listings checked once per process); 0: not proven; -1: error. */
 static int find_extension(rm_hook *h, PyObject *fullname, PyObject **out) {
     hook_priv *p = h->priv;
     PyObject *full = NULL;
     int found = walk_entries(p, PySys_GetObject("path"), look_for_extension, fullname, &full);
+    if (found == 1) return 2;
     if (found != 2) return found < 0 ? -1 : 0;
     PyObject *loader = PyObject_CallFunctionObjArgs(p->obj[IO_EXT_LOADER], fullname, full, NULL);
     PyObject *args = loader ? PyTuple_Pack(2, fullname, full) : NULL;
@@ -801,6 +845,99 @@ static int find_extension(rm_hook *h, PyObject *fullname, PyObject **out) {
     Py_XDECREF(loader); Py_XDECREF(args); Py_XDECREF(kw); Py_DECREF(full);
     if (!*out) return -1;
     h->extensions++;
+    return 1;
+}
+
+/* ---- Names nobody provides ------------------------------------------------------------- *
+ * A top-level name that is not in the image, not built in or frozen and has no candidate in
+ * any sys.path entry (`try: import nt`, optional dependencies: boto3 asks for 21 such names)
+ * costs stock a walk of sys.path in Python, PathFinder's, then the finders after it, and the
+ * import raises ModuleNotFoundError.  When every entry's FileFinder listing, checked against
+ * its directory now (FileFinder does that at every call, so a module created since is seen as
+ * stock sees it), has no candidate, PathFinder would return None: the finder asks the finders
+ * after PathFinder itself, in order, and returns the first spec one gives, else raises stock's
+ * ModuleNotFoundError.
+ * Only for an import statement, __import__ or importlib.import_module... that C import runs:
+ * the caller must be frozen importlib's _find_spec called by _find_and_load_unlocked called by
+ * _find_and_load, not called by _gcd_import.  C import then removes importlib's frames from
+ * the exception's traceback, as it does from stock's.  importlib.util.find_spec and any other
+ * caller gets None, and PathFinder's answer, as stock. */
+
+/* 1 when the running Python frames are those of C import's find (above), 0 not, -1 error. */
+static int called_by_import(hook_priv *p) {
+    if (!p->codes_known) {
+        PyObject *bs = PyImport_ImportModule("_frozen_importlib");
+        p->codes_known = 1;
+        for (int i = 0; i < CODE_COUNT; i++) {
+            PyObject *f = bs ? PyObject_GetAttrString(bs, code_names[i]) : NULL;
+            p->code[i] = f ? PyObject_GetAttrString(f, "__code__") : NULL;
+            Py_XDECREF(f);
+            if (!p->code[i] || !PyCode_Check(p->code[i])) p->codes_known = -1;
+        }
+        Py_XDECREF(bs);
+        PyErr_Clear();
+    }
+    if (p->codes_known < 0) return 0;
+    /* the frames from ours outwards: _find_spec, _find_and_load_unlocked, _find_and_load,
+       then anything but _gcd_import (or no frame: C import called by C) */
+    PyFrameObject *f = PyEval_GetFrame();       /* borrowed */
+    Py_XINCREF(f);
+    int rc = 1;
+    for (int i = 0; i < CODE_COUNT; i++) {
+        if (!f) { rc = i == CODE_GCD_IMPORT; break; }
+        PyCodeObject *code = PyFrame_GetCode(f);
+        int same = (PyObject *)code == p->code[i];
+        Py_DECREF(code);
+        if (same != (i != CODE_GCD_IMPORT)) { rc = 0; break; }
+        Py_SETREF(f, PyFrame_GetBack(f));
+    }
+    Py_XDECREF(f);
+    return rc;
+}
+
+/* A top-level name find_extension found no candidate for: 1 answered (the spec of a finder
+   after PathFinder in *out, or ModuleNotFoundError set and *out NULL); 0 not proven, the
+   import goes on as stock; -1 error. */
+static int answer_absent(rm_hook *h, PyObject *fullname, PyObject *target, PyObject **out) {
+    hook_priv *p = h->priv;
+    int rc = called_by_import(p);
+    if (rc <= 0) return rc;
+    PyObject *full = NULL;
+    rc = walk_entries(p, PySys_GetObject("path"), look_again_now, fullname, &full);
+    Py_XDECREF(full);
+    if (rc != 1) return rc < 0 ? -1 : 0;
+    PyObject *mp = PySys_GetObject("meta_path");          /* borrowed */
+    if (!mp || !PyList_Check(mp)) return 0;
+    Py_ssize_t at = PySequence_Index(mp, p->obj[IO_PATH_FINDER]);
+    if (at < 0) { PyErr_Clear(); return 0; }
+    PyObject *later = PyList_GetSlice(mp, at + 1, PyList_GET_SIZE(mp));
+    if (!later) return -1;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(later); i++) {
+        PyObject *find = PyObject_GetAttr(PyList_GET_ITEM(later, i), s_find_spec);
+        if (!find) {
+            if (!PyErr_ExceptionMatches(PyExc_AttributeError)) { Py_DECREF(later); return -1; }
+            PyErr_Clear();                      /* _find_spec skips such a finder too */
+            continue;
+        }
+        PyObject *spec = PyObject_CallFunctionObjArgs(find, fullname, Py_None, target, NULL);
+        Py_DECREF(find);
+        if (!spec || spec != Py_None) {         /* its error is stock's too */
+            Py_DECREF(later);
+            *out = spec;
+            return spec ? 1 : -2;
+        }
+        Py_DECREF(spec);
+    }
+    Py_DECREF(later);
+    PyObject *msg = PyUnicode_FromFormat("No module named %R", fullname);
+    PyObject *args = msg ? PyTuple_Pack(1, msg) : NULL;
+    PyObject *kw = args ? Py_BuildValue("{sO}", "name", fullname) : NULL;
+    PyObject *exc = kw ? PyObject_Call(PyExc_ModuleNotFoundError, args, kw) : NULL;
+    Py_XDECREF(msg); Py_XDECREF(args); Py_XDECREF(kw);
+    if (!exc) return -1;
+    PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+    Py_DECREF(exc);
+    h->absent++;
     return 1;
 }
 
@@ -900,6 +1037,10 @@ static PyObject *finder_find_spec(PyObject *self, PyObject *const *args, Py_ssiz
     }
     if (index == -1) {        /* not in the image: an extension module, or PathFinder's */
         int ext = find_extension(h, fullname, &result);
+        if (ext == 2) {       /* nowhere on sys.path: perhaps answered here */
+            ext = answer_absent(h, fullname, a[2], &result);
+            if (ext == -2) goto done;           /* a later finder's own error */
+        }
         if (ext > 0 || (ext < 0 && !stepped_aside())) goto done;
         result = Py_NewRef(Py_None);
         goto done;
@@ -1122,6 +1263,7 @@ static void hook_free(rm_hook *h, hook_priv *p) {
         made_like_clear(&p->spec_tmpl[0]);
         made_like_clear(&p->spec_tmpl[1]);
         made_like_clear(&p->loader_tmpl);
+        for (int i = 0; i < CODE_COUNT; i++) Py_XDECREF(p->code[i]);
         for (int i = 0; i < 2; i++) {
             Py_XDECREF(p->hooks[i]); Py_XDECREF(p->suffixes[i]); Py_XDECREF(p->suffixes_seen[i]);
         }

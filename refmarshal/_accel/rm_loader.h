@@ -55,6 +55,7 @@ typedef struct {
     long long direct;
     long long stamped;        /* of the direct specs, those proven by directory stamps */
     long long extensions;     /* extension modules found on sys.path without PathFinder */
+    long long absent;         /* imports of names nobody provides answered without PathFinder */
     void *priv;
 } rm_hook;
 
