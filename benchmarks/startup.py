@@ -10,8 +10,8 @@ hook          `VENV/bin/python -c pass` with refmarshal.pth in site-packages and
               instead of refmarshal's line for the hook arm (e.g. "import sys": what any .pth
               line costs).
 first-import  in fresh processes after start, each step the first import through the image
-              takes, timed in turn: refmarshal's modules and the accelerator's C module,
-              opening the image, making the finder, then find_spec and get_code of two modules
+              takes, timed in turn: the accelerator's C module, the finder it makes (opening
+              the image), its place on sys.meta_path, then find_spec and get_code of two modules
               (json, keyword), first or second in turn: the first's extra time is part of the
               fixed cost.  `--runs` processes (default 20), medians.
 imports       each statement in fresh processes, REFMARSHAL=0 (stock) and the image interleaved:
@@ -47,26 +47,12 @@ from _frozen_importlib_external import PathFinder
 PathFinder.find_spec("refmarshal_benchmark_no_such_module")
 if sys.argv[4] == "warm":
     import colorsys
-# what PendingFinder.find_spec does at the first import, step by step
-# importing refmarshal's modules from their files (_startup._load_hook_modules), one at a time
-hook_modules = S._HOOK_MODULES
-for i, (name, _) in enumerate(hook_modules):
-    if name == "refmarshal._accel.loader":
-        step("refmarshal._accel._hook (the .so)",
-             lambda: sys.modules["refmarshal._accel"].load_hook())
-    S._HOOK_MODULES = hook_modules[:i + 1]
-    step(name, S._load_hook_modules)
-from refmarshal import importer as I
-from refmarshal._accel import loader as L
-img = step("open", lambda: L.AccelImage(S.default_image_path()))
-def finder():     # the rest of importer._open and install
-    L.install_method(I.ImageFinder, "ImageFinder.find_spec")
-    L.install_method(I.ImageLoader, "ImageLoader.get_code")
-    assert img.optimize == sys.flags.optimize and I._debug_ranges()
-    f = I.ImageFinder(img, True)
-    sys.meta_path.insert(sys.meta_path.index(I.PathFinder), f)
-    return f
-f = step("finder", finder)
+# what PendingFinder.find_spec does at the first import (_startup._install_quickly), step by
+# step: the accelerator's C module, the finder it makes (opening the image), its place
+hook = step("refmarshal._accel._hook (the .so)", S.load_hook_module)
+f = step("open_finder", lambda: hook.open_finder(S.default_image_path(), True,
+                                                 S.warn_in_import))
+step("place", lambda: S.place(f))
 first, second = sys.argv[1:3]
 for i, name in enumerate((first, second)):
     spec = step(f"find_spec {i}", lambda: f.find_spec(name))
@@ -74,7 +60,8 @@ for i, name in enumerate((first, second)):
 assert f.hits == 2, f
 import json
 print(json.dumps(steps))
-print("imported:", " ".join(m for m in ("_cffi_backend", "refmarshal._accel._loader",
+print("imported:", " ".join(m for m in ("refmarshal", "refmarshal.importer",
+                                        "_cffi_backend", "refmarshal._accel._loader",
                                         "refmarshal.format", "refmarshal.errors", "struct",
                                         "zlib", "warnings") if m in sys.modules) or "-")
 """

@@ -60,3 +60,15 @@ def Image(path, implementation="auto"):
         return AccelImage(path)
     from .reader import ReferenceImage
     return ReferenceImage(path)
+
+
+def _attach_startup():
+    """The start-up hook's module, loaded from its file by the ``.pth`` line before this
+    package, becomes its attribute, as importing it would have made it."""
+    import sys
+    module = sys.modules.get(__name__ + "._startup")
+    if module is not None:
+        globals()["_startup"] = module
+
+
+_attach_startup()

@@ -121,9 +121,11 @@ class PendingFinder:
             return None
         self.done = True            # the imports made while installing pass by
         try:
-            _load_hook_modules()
-            from .importer import install
-            finder = install(self.path, checked=self.checked)
+            finder = _install_quickly(self)
+            if finder is None:      # the way that can say why
+                _load_hook_modules()
+                from .importer import install
+                finder = install(self.path, checked=self.checked)
             _refresh_at_exit(finder, self.refresh)
         except Exception as exc:    # -W error made our warning an exception: still say it
             report(exc)
@@ -146,8 +148,91 @@ def _shadowed():
     return any(os.path.exists(os.path.join(d, __package__)) for d in path[:path.index(root)])
 
 
-# What the first import needs of refmarshal, in import order: each module's file under this
-# module's directory.
+def _install_quickly(pending):
+    """The finder in ``pending``'s place, made by the accelerator's C module alone
+    (``open_finder``): none of refmarshal's Python modules is loaded.  None when anything is
+    not as usual (importer.install then decides, and says why)."""
+    mp = sys.meta_path
+    from _frozen_importlib_external import PathFinder
+    if PathFinder not in mp or not any(f is pending for f in mp) or \
+            any(getattr(f, "path", None) == pending.path and type(f).__name__ == "ImageFinder"
+                for f in mp):
+        return None
+    try:
+        hook = load_hook_module()
+        finder = hook.open_finder(pending.path, pending.checked, warn_in_import)
+    except Exception:           # e.g. not built, or the image is refused
+        return None
+    place(finder, [i for i, f in enumerate(mp) if f is pending][0])
+    return finder
+
+
+def place(finder, slot=None):
+    """Put ``finder`` on ``sys.meta_path`` at ``slot`` (in place of what is there), or just
+    before PathFinder; then before stock's BuiltinImporter and FrozenImporter when they come
+    just before it and PathFinder just after (importer.install says why).  What follows the
+    slot keeps its index, so a walk of the import system's (a PendingFinder woke up in it)
+    goes on at PathFinder."""
+    from _frozen_importlib import BuiltinImporter, FrozenImporter
+    from _frozen_importlib_external import PathFinder
+    mp = sys.meta_path
+    if slot is None:
+        slot = mp.index(PathFinder)
+        mp.insert(slot, finder)
+    else:
+        mp[slot] = finder   # in place: the import system may be walking sys.meta_path now
+    if slot >= 2 and mp[slot - 2:slot] == [BuiltinImporter, FrozenImporter] \
+            and mp[slot + 1:slot + 2] == [PathFinder]:
+        del mp[slot]
+        mp.insert(slot - 2, finder)
+
+
+def warn_in_import(message):
+    """What a finder calls when something goes wrong during an import: importer's
+    ``_warn_in_import``, loaded then (one frame more between it and the import)."""
+    _load_hook_modules()
+    from .importer import _warn_in_import
+    _warn_in_import(message, 4)
+
+
+def load_hook_module():
+    """``refmarshal._accel._hook``, the accelerator's C module for the import hook (rm_hook.c),
+    loaded from the cffi-built shared object beside this module (its second init function,
+    ``PyInit__hook``) as the import system loads an extension module, without importing its
+    package, and kept in ``sys.modules`` (None there stops it, as it stops an import).
+    ImportError when it is not built, or cannot be loaded here."""
+    name = __package__ + "._accel._hook"
+    module = sys.modules.get(name, 0)
+    if module is None:
+        raise ImportError(f"import of {name} halted; None in sys.modules", name=name)
+    if module:
+        return module
+    from _frozen_importlib import module_from_spec
+    from _frozen_importlib_external import ExtensionFileLoader, spec_from_file_location
+    from _imp import extension_suffixes
+    here = os.path.join(os.path.dirname(__file__), "_accel")
+    for suffix in extension_suffixes():
+        path = os.path.join(here, "_loader" + suffix)
+        if os.path.isfile(path):
+            break
+    else:
+        raise ImportError("the refmarshal accelerator is not built", name=name)
+    loader = ExtensionFileLoader(name, path)
+    module = module_from_spec(spec_from_file_location(name, path, loader=loader))
+    sys.modules[name] = module
+    try:
+        loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    parent = sys.modules.get(__package__ + "._accel")
+    if parent is not None:
+        parent._hook = module
+    return module
+
+
+# What the first import needs of refmarshal when it goes the slow way (install), in import
+# order: each module's file under this module's directory.
 _HOOK_MODULES = (("refmarshal", "__init__.py"), ("refmarshal.importer", "importer.py"),
                  ("refmarshal._accel", os.path.join("_accel", "__init__.py")),
                  ("refmarshal._accel.loader", os.path.join("_accel", "loader.py")))

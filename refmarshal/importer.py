@@ -16,16 +16,14 @@ The start-up hook (``_startup``) imports this module at the first import of a pr
 its imports minimal.
 """
 
-import _imp
 import os
 import sys
-from _frozen_importlib import BuiltinImporter, FrozenImporter
 # The same objects importlib.machinery exports; importing that package at start-up costs about
 # a millisecond (on 3.12 it imports warnings), while the frozen module is always loaded.
-from _frozen_importlib_external import (ExtensionFileLoader, FileFinder, PathFinder,
-                                        SourceFileLoader, _path_stat, spec_from_file_location)
+from _frozen_importlib_external import PathFinder, SourceFileLoader
 
-from ._startup import PendingFinder, default_image_path, in_main_interpreter
+from ._startup import (PendingFinder, default_image_path, in_main_interpreter,
+                       load_hook_module, place)
 from . import RefmarshalWarning   # refmarshal.errors's, made in the package
 
 PTH_NAME = "refmarshal.pth"
@@ -72,97 +70,45 @@ def _warn(message, stacklevel=2):
                   stacklevel=stacklevel)
 
 
-def _warn_in_import(message):
+def _warn_in_import(message, stacklevel=3):
     """_warn from inside an import: under -W error the warning must not fail the import that
-    stock would have done, so it is said on stderr instead."""
+    stock would have done, so it is said on stderr instead.  ``stacklevel``: _warn's, from this
+    function (a caller in between adds one)."""
     try:
-        _warn(message, 3)
+        _warn(message, stacklevel)
     except Exception as exc:
         from ._startup import report
         report(exc)
 
 
-class ImageFinder:
-    """Finds as ``PathFinder`` does; loads from ``image`` what the image holds unchanged.
+def _classes():
+    """ImageFinder and ImageLoader: the accelerator's C module's (rm_hook.c), or, where it
+    cannot be loaded, stand-ins of the same names that nothing is an instance of."""
+    try:
+        hook = load_hook_module()
+        return hook.ImageFinder, hook.ImageLoader
+    except Exception:   # not built, built for another Python, a broken .so: _open says so
+        pass
 
-    ``find_spec(fullname, path=None, target=None)`` is a C method (rm_import.c): it makes the
-    spec stock import would find, or asks ``PathFinder`` for it, and only when that spec is the
-    very file the image recorded (same path, a plain source module, and nothing but stock's
-    finders between this one and ``PathFinder`` on ``sys.meta_path``) gives it an
-    ``ImageLoader``, which checks the source in checked mode.  Being C, it adds no Python
-    frame to an import: tracers, debuggers and ``warnings`` see what they see with stock
-    import.
+    class ImageFinder:
+        """The accelerator is not available here: no image finder exists."""
 
-    ``hits`` counts modules whose code came from the image, ``fallbacks`` modules the image
-    holds that went through stock import (shadowed, stale, or a bad module)."""
+    class ImageLoader(SourceFileLoader):
+        """The accelerator is not available here: no image loader exists."""
+        __slots__ = ("_hook", "_spec")
 
-    def __init__(self, image, checked):
-        self.image = image
-        self.path = image.path
-        self._failed = set()       # modules that failed to load: stock from then on
-        self._validated = set()    # FileFinders whose listing find_spec checked, and
-        #                            (directory, stamp) pairs it found true (rm_import.c)
-        self._c, self._hook = image.new_hook(
-            checked, self._failed, PathFinder, SourceFileLoader, ImageLoader, _warn_in_import,
-            FileFinder, spec_from_file_location, _path_stat, self._validated,
-            BuiltinImporter, FrozenImporter, _imp.is_builtin, _imp.find_frozen,
-            ExtensionFileLoader)
+    return ImageFinder, ImageLoader
 
-    def __repr__(self):
-        state = "disabled" if self.disabled else "checked" if self.checked else "unchecked"
-        return f"<refmarshal.ImageFinder {self.path!r} {state} hits={self.hits}>"
 
-    @property
-    def checked(self):
-        """Compare each module's source mtime and size with the image's record."""
-        return bool(self._c.checked)
-
-    @checked.setter
-    def checked(self, value):
-        self._c.checked = bool(value)
-
-    @property
-    def disabled(self):
-        """The image's directory proved bad: the finder finds nothing any more."""
-        return bool(self._c.disabled)
-
-    @property
-    def hits(self):
-        return self._c.hits
-
-    @property
-    def direct(self):
-        """Specs found without asking PathFinder (rm_import.c: find_directly)."""
-        return self._c.direct
-
-    @property
-    def stamped(self):
-        """Of the direct specs, those proven by the image's directory stamps alone, without a
-        FileFinder (rm_import.c: by_stamps)."""
-        return self._c.stamped
-
-    @property
-    def extensions(self):
-        """Top-level extension modules found on ``sys.path`` without asking PathFinder, by the
-        same proof as ``direct`` (rm_import.c: find_extension)."""
-        return self._c.extensions
-
-    @property
-    def absent(self):
-        """Imports of top-level names nobody provides (not in the image, not built in or
-        frozen, no candidate in any ``sys.path`` entry) answered without PathFinder: the
-        finders after it asked, then stock's ModuleNotFoundError raised (rm_import.c:
-        answer_absent)."""
-        return self._c.absent
-
-    def invalidate_caches(self):
-        """importlib.invalidate_caches() calls it: every directory listing and directory
-        stamp is checked again against its directory at its next use."""
-        self._validated.clear()
-
-    @property
-    def fallbacks(self):
-        return self._c.fallbacks
+# ImageFinder finds as PathFinder does and loads from the image what it holds unchanged: its
+# find_spec (rm_import.c) makes the spec stock import would find, or asks PathFinder for it,
+# and only when that spec is the very file the image recorded (same path, a plain source
+# module, and nothing but stock's finders between it and PathFinder on sys.meta_path) gives it
+# an ImageLoader, a SourceFileLoader whose get_code (rm_import.c) returns the image's code.
+# Both are C (their docstrings say more), so an import adds no Python frame of refmarshal's:
+# tracers, debuggers and warnings see what they see with stock import.  The finder's counters:
+# hits, fallbacks, direct, stamped, extensions, absent.
+ImageFinder, ImageLoader = _classes()
 
 
 def source_unchanged(entry):
@@ -205,13 +151,19 @@ def _open(path, checked):
         return _decline(path, "images are used in the main interpreter only, not in a "
                               "subinterpreter", 5)
     try:
-        from ._accel.loader import AccelImage, install_method
-        install_method(ImageFinder, "ImageFinder.find_spec")
-        install_method(ImageLoader, "ImageLoader.get_code")
+        hook = load_hook_module()
+        if ImageFinder is not hook.ImageFinder:
+            raise ImportError("it could not be loaded when refmarshal.importer was imported")
     except Exception as exc:   # not built, built for another Python, a broken .so: step aside
         return _decline(path, f"the accelerator is unavailable ({exc})", 5)
     try:
-        image = AccelImage(path)
+        return hook.open_finder(path, checked, _warn_in_import)
+    except ValueError:
+        pass
+    # why not, the slow way: the header's check says what is wrong (format.check_header)
+    try:
+        from ._accel.loader import AccelImage
+        level = AccelImage(path).optimize
     except Exception as exc:
         if not os.path.exists(path):
             return _decline(path, "no image here (build one with `refmarshal build`)", 5)
@@ -219,7 +171,6 @@ def _open(path, checked):
         if reason.startswith(path + ": "):
             reason = reason[len(path) + 2:]
         return _decline(path, reason, 5)
-    level = image.optimize
     if level != sys.flags.optimize:
         return _decline(path, f"built at optimization level {level}, this interpreter runs "
                               f"at level {sys.flags.optimize}", 5)
@@ -227,7 +178,7 @@ def _open(path, checked):
         return _decline(path, "this interpreter runs without column positions in its code "
                               "(-X no_debug_ranges or PYTHONNODEBUGRANGES), the image's "
                               "code has them", 5)
-    return ImageFinder(image, checked)
+    return _decline(path, "the accelerator cannot set up the import hook", 5)
 
 
 def _debug_ranges():
@@ -267,19 +218,8 @@ def install(path=None, *, checked=True):
     if PathFinder not in mp:
         return _decline(path, "the standard PathFinder is not on sys.meta_path")
     finder = _open(path, checked)
-    if finder is None:
-        return None
-    if slot is None:
-        slot = mp.index(PathFinder)
-        mp.insert(slot, finder)
-    else:
-        mp[slot] = finder   # in place: the import system may be walking sys.meta_path now
-    if slot >= 2 and mp[slot - 2:slot] == [BuiltinImporter, FrozenImporter] \
-            and mp[slot + 1:slot + 2] == [PathFinder]:
-        # before stock's two: what follows the slot keeps its index, so a walk of the import
-        # system's (a PendingFinder woke up in it) goes on at PathFinder
-        del mp[slot]
-        mp.insert(slot - 2, finder)
+    if finder is not None:
+        place(finder, slot)
     return finder
 
 

@@ -384,8 +384,9 @@ IMPORT_TIME = re.compile(r"import time:\s+\d+ \|\s+\d+ \| (.*)")
 
 def test_x_importtime_lists_stock_modules(ways, tmp_path):
     """-X importtime lists the modules stock lists, at the same depths, and no more: the hook
-    loads its own modules from their files (_startup._load_hook_modules), without the import
-    statement that -X importtime reports."""
+    loads its C module from its file, and the finder's image (``f.image``, which the probe
+    asks for) loads its Python modules from theirs (_startup._load_hook_modules), without the
+    import statement that -X importtime reports."""
     code = "import mod, pkg.sub, json, ways_probe as p\n" + PROBE_C
     outs = ways.both(["-X", "importtime", "-c", code, "mod", "pkg.sub"], tmp_path)
     lines = {}

@@ -10,37 +10,24 @@ Optional: when it is not built, ``refmarshal.Image`` uses the pure-Python refere
 ``refmarshal.build`` the reference writer.
 """
 
-import os
-import sys
-
 
 def load_hook():
-    """``refmarshal._accel._hook``, loaded from the cffi-built shared object (its second init
-    function, ``PyInit__hook``) as the import system loads an extension module, and kept in
-    ``sys.modules`` (None there stops it, as it stops an import)."""
-    name = __name__ + "._hook"
-    if name in sys.modules:
-        module = sys.modules[name]
-        if module is None:
-            raise ImportError(f"import of {name} halted; None in sys.modules", name=name)
-        return module
-    from _frozen_importlib import module_from_spec
-    from _frozen_importlib_external import ExtensionFileLoader, spec_from_file_location
-    from _imp import extension_suffixes
-    here = os.path.dirname(__file__)
-    for suffix in extension_suffixes():
-        path = os.path.join(here, "_loader" + suffix)
-        if os.path.isfile(path):
-            break
-    else:
-        raise ImportError("the refmarshal accelerator is not built", name=name)
-    loader = ExtensionFileLoader(name, path)
-    module = module_from_spec(spec_from_file_location(name, path, loader=loader))
-    sys.modules[name] = module
-    try:
-        loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
+    """``refmarshal._accel._hook``, the C module with what the import hook needs
+    (``_startup.load_hook_module`` loads it from this package's shared object)."""
+    from .._startup import load_hook_module
+    module = load_hook_module()
     globals()["_hook"] = module
     return module
+
+
+def _attach_hook():
+    """The hook's C module, loaded before this package at a process's first import
+    (``_startup.load_hook_module``), becomes its attribute, as importing it would have made
+    it."""
+    import sys
+    module = sys.modules.get(__name__ + "._hook")
+    if module is not None:
+        globals()["_hook"] = module
+
+
+_attach_hook()

@@ -114,10 +114,23 @@ class AccelImage:
         self._capsule = _hook.image_capsule(addr, self.path, ImageError)
         # what the C methods reach the image through
 
+    @classmethod
+    def _adopt(cls, path, capsule):
+        """The image a finder opened (``_hook.open_finder``), for the API: ``finder.image``.
+        The capsule owns it: this object keeps it and never closes it."""
+        self = cls.__new__(cls)
+        self.path = path
+        self._adopted = True
+        self._addr, self._base, self._size, self._header, self.optimize = _hook.image_info(
+            capsule, ImageError)
+        self._entries = {}
+        self._capsule = capsule
+        return self
+
     def __del__(self):
         # rm_close keeps the memory while any module's code lives in it ([LOAD-4])
         addr = getattr(self, "_addr", None)
-        if addr is not None:
+        if addr is not None and not self.__dict__.get("_adopted"):
             self._addr = None
             _hook.close(addr)
 
@@ -201,16 +214,6 @@ class AccelImage:
 
     # get_code(name): the module's code object, living in the image's memory (KeyError when
     # absent): a C method, installed below.
-
-    def new_hook(self, checked, *objects):
-        """The C state of an import hook on this image (rm_import.c: rm_hook_new lists the
-        objects it takes): its switches and counters (``checked``, ``disabled``, ``hits``,
-        ``fallbacks``, ``direct``: rm_hook's fields, which Python reads and sets) and the
-        capsule that owns them, which the C methods use."""
-        try:
-            return _hook.new_hook(checked, [self, *objects])
-        except ValueError:
-            raise ImageError(f"{self.path}: cannot set up the import hook") from None
 
 
 install_method(AccelImage, "AccelImage.get_code")

@@ -2,14 +2,15 @@
  *
  * The accelerator is one shared object, built by cffi (build_accel.py) as the module
  * refmarshal._accel._loader.  This file adds a second, plain CPython module to the same file,
- * refmarshal._accel._hook (its init function is PyInit__hook; _accel/loader.py loads it with
- * an ExtensionFileLoader on the shared object's path), holding what a process's first import
- * through an image needs: open the image and check its header, make the image's capsule,
- * install the C methods, make a finder's hook.  So the import hook never imports
- * _cffi_backend nor the cffi wrapper: only the tests, the CLI, the writer and the benchmarks
- * do, through cffi (loader.py's `ffi` and `lib`, loaded on first use).
+ * refmarshal._accel._hook (its init function is PyInit__hook; _startup.load_hook_module loads
+ * it with an ExtensionFileLoader on the shared object's path), holding what a process's first
+ * import through an image needs, so that it loads no Python module of refmarshal's but
+ * _startup: the two types importer.ImageFinder and importer.ImageLoader, and open_finder,
+ * which opens the image, checks its header and makes the finder.  So the import hook never
+ * imports _cffi_backend nor the cffi wrapper: only the tests, the CLI, the writer and the
+ * benchmarks do, through cffi (loader.py's `ffi` and `lib`, loaded on first use).
  *
- * These functions are called with the GIL held, in the main interpreter (loader.py refuses
+ * These functions are called with the GIL held, in the main interpreter (the module refuses
  * another one on 3.12+) or in one of 3.11's, which share its GIL.  rm_install_method,
  * rm_image_capsule and rm_hook_new (rm_import.c) take the GIL with PyGILState_Ensure, as
  * cffi's calls need: they are called here as cffi calls them, with the GIL released
@@ -23,6 +24,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -97,6 +99,18 @@ static rm_image *image_arg(PyObject *addr) {
     return p;
 }
 
+/* rm_open, with the GIL released while it reads the header from the file; NULL with
+   ValueError(its message) when it cannot open the image. */
+static rm_image *open_image(const char *path, int mode) {
+    char err[256] = "";
+    rm_image *img;
+    Py_BEGIN_ALLOW_THREADS
+    img = rm_open(path, mode, err, (int)sizeof err);
+    Py_END_ALLOW_THREADS
+    if (!img) PyErr_Format(PyExc_ValueError, "%s", err);
+    return img;
+}
+
 /* ---- Module functions --------------------------------------------------------------------- */
 PyDoc_STRVAR(open_doc,
 "open(path, mode, /)\n--\n\n"
@@ -108,15 +122,10 @@ PyDoc_STRVAR(open_doc,
 static PyObject *hook_open(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 2 || !PyBytes_Check(args[0]))
         return PyErr_Format(PyExc_TypeError, "open(path: bytes, mode: int)");
-    const char *path = PyBytes_AS_STRING(args[0]);
     long mode = PyLong_AsLong(args[1]);
     if (mode == -1 && PyErr_Occurred()) return NULL;
-    char err[256] = "";
-    rm_image *img;
-    Py_BEGIN_ALLOW_THREADS        /* reads the header from the file */
-    img = rm_open(path, (int)mode, err, (int)sizeof err);
-    Py_END_ALLOW_THREADS
-    if (!img) return PyErr_Format(PyExc_ValueError, "%s", err);
+    rm_image *img = open_image(PyBytes_AS_STRING(args[0]), (int)mode);
+    if (!img) return NULL;
     const unsigned char *base = rm_base(img);
     unsigned long long size = rm_size(img);
     const char *problem = header_problem(base, size);   /* rm_open read the header there */
@@ -200,30 +209,59 @@ static PyObject *hook_install_method(PyObject *mod, PyObject *const *args, Py_ss
     Py_RETURN_NONE;
 }
 
-/* ---- A finder's switches and counters: rm_hook's public fields ---------------------------- */
+/* ---- The finder: importer.ImageFinder ---------------------------------------------------- *
+ * A type of this module's, so that a process's first import through the image makes its finder
+ * here, with no Python module of refmarshal's loaded but _startup (open_finder below).  Its
+ * find_spec is rm_import.c's (installed with rm_install_method); what Python reads of it are
+ * rm_hook's public fields.  Not instantiable from Python: open_finder makes them. */
+PyObject *rm_image_capsule_owning(rm_image *img, PyObject *path);
+rm_image *rm_image_capsule_adopt(PyObject *cap, PyObject *error_type);
+
 typedef struct {
     PyObject_HEAD
-    rm_hook *hook;
-    PyObject *capsule;        /* owns hook */
-} HookState;
+    PyObject *path;           /* str: the image's path */
+    PyObject *image_cap;      /* the image's capsule, which owns it */
+    PyObject *hook_cap;       /* `_hook`: the capsule of rm_hook, which the C methods use */
+    PyObject *failed;         /* `_failed`: names whose module failed to load (stock since) */
+    PyObject *validated;      /* `_validated`: FileFinders, directory stamps checked so far */
+    PyObject *image;          /* the AccelImage, made at the first use of `.image` */
+    rm_hook *hook;            /* owned by hook_cap */
+} Finder;
 
-static void state_dealloc(HookState *self) {
-    Py_XDECREF(self->capsule);
-    PyObject_Free(self);
+/* The module's state: its two types, made by hook_exec in each interpreter that imports it
+   (3.11's subinterpreters each have their own importlib, whose SourceFileLoader ImageLoader
+   subclasses). */
+typedef struct {
+    PyTypeObject *finder_type, *loader_type;
+} hook_state;
+
+static void finder_dealloc(Finder *f) {
+    Py_XDECREF(f->path); Py_XDECREF(f->image); Py_XDECREF(f->hook_cap);
+    Py_XDECREF(f->image_cap); Py_XDECREF(f->failed); Py_XDECREF(f->validated);
+    PyTypeObject *t = Py_TYPE(f);
+    t->tp_free((PyObject *)f);
+    Py_DECREF(t);
 }
 
-#define INT_FIELD(f) \
-    static PyObject *get_##f(HookState *s, void *c) { return PyLong_FromLongLong(s->hook->f); }
-INT_FIELD(checked)
-INT_FIELD(disabled)
-INT_FIELD(hits)
-INT_FIELD(fallbacks)
-INT_FIELD(direct)
-INT_FIELD(stamped)
-INT_FIELD(extensions)
-INT_FIELD(absent)
+static PyObject *finder_repr(Finder *f) {
+    const char *state = f->hook->disabled ? "disabled" : f->hook->checked ? "checked" : "unchecked";
+    return PyUnicode_FromFormat("<refmarshal.ImageFinder %R %s hits=%lld>", f->path, state,
+                                f->hook->hits);
+}
 
-static int set_checked(HookState *s, PyObject *v, void *c) {
+#define FINDER_FIELD(f) \
+    static PyObject *get_##f(Finder *s, void *c) { return PyLong_FromLongLong(s->hook->f); }
+FINDER_FIELD(hits)
+FINDER_FIELD(fallbacks)
+FINDER_FIELD(direct)
+FINDER_FIELD(stamped)
+FINDER_FIELD(extensions)
+FINDER_FIELD(absent)
+
+static PyObject *get_checked(Finder *s, void *c) { return PyBool_FromLong(s->hook->checked); }
+static PyObject *get_disabled(Finder *s, void *c) { return PyBool_FromLong(s->hook->disabled); }
+
+static int set_checked(Finder *s, PyObject *v, void *c) {
     int t = v ? PyObject_IsTrue(v) : -1;
     if (t < 0) {
         if (!v) PyErr_SetString(PyExc_AttributeError, "cannot delete checked");
@@ -233,45 +271,262 @@ static int set_checked(HookState *s, PyObject *v, void *c) {
     return 0;
 }
 
-static PyGetSetDef state_getset[] = {
-    {"checked", (getter)get_checked, (setter)set_checked, "compare sources' mtime and size", NULL},
-    {"disabled", (getter)get_disabled, NULL, "the image's directory proved bad", NULL},
-    {"hits", (getter)get_hits, NULL, "modules loaded from the image", NULL},
-    {"fallbacks", (getter)get_fallbacks, NULL, "modules of the image that went stock", NULL},
-    {"direct", (getter)get_direct, NULL, "specs found without asking PathFinder", NULL},
-    {"stamped", (getter)get_stamped, NULL, "direct specs proven by directory stamps", NULL},
-    {"extensions", (getter)get_extensions, NULL, "extension modules found without PathFinder",
+/* The AccelImage of refmarshal._accel.loader over this finder's image.  The module is loaded
+   then, from its file, as the slow way of a first import loads it (_startup._load_hook_modules:
+   no import statement, which -X importtime would list). */
+static PyObject *get_image(Finder *s, void *c) {
+    if (!s->image) {
+        PyObject *name = PyUnicode_FromString("refmarshal._startup");
+        PyObject *st = name ? PyImport_GetModule(name) : NULL;   /* (not its package) */
+        Py_XDECREF(name);
+        if (!st && !PyErr_Occurred()) st = PyImport_ImportModule("refmarshal._startup");
+        PyObject *r = st ? PyObject_CallMethod(st, "_load_hook_modules", NULL) : NULL;
+        Py_XDECREF(st);
+        if (!r) return NULL;
+        Py_DECREF(r);
+        PyObject *m = PyImport_ImportModule("refmarshal._accel.loader");
+        PyObject *cls = m ? PyObject_GetAttrString(m, "AccelImage") : NULL;
+        s->image = cls ? PyObject_CallMethod(cls, "_adopt", "OO", s->path, s->image_cap) : NULL;
+        Py_XDECREF(m); Py_XDECREF(cls);
+    }
+    return Py_XNewRef(s->image);
+}
+
+static PyObject *finder_invalidate_caches(Finder *s, PyObject *unused) {
+    if (PySet_Clear(s->validated) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyGetSetDef finder_getset[] = {
+    {"checked", (getter)get_checked, (setter)set_checked,
+     "Compare each module's source mtime and size with the image's record.", NULL},
+    {"disabled", (getter)get_disabled, NULL,
+     "The image's directory proved bad: the finder finds nothing any more.", NULL},
+    {"hits", (getter)get_hits, NULL, "Modules whose code came from the image.", NULL},
+    {"fallbacks", (getter)get_fallbacks, NULL,
+     "Modules the image holds that went through stock import (shadowed, stale, or a bad "
+     "module).", NULL},
+    {"direct", (getter)get_direct, NULL,
+     "Specs found without asking PathFinder (rm_import.c: find_directly).", NULL},
+    {"stamped", (getter)get_stamped, NULL,
+     "Of the direct specs, those proven by the image's directory stamps alone, without a "
+     "FileFinder (rm_import.c: by_stamps).", NULL},
+    {"extensions", (getter)get_extensions, NULL,
+     "Top-level extension modules found on sys.path without asking PathFinder, by the same "
+     "proof as direct (rm_import.c: find_extension).", NULL},
+    {"absent", (getter)get_absent, NULL,
+     "Imports of top-level names nobody provides answered without PathFinder: the finders "
+     "after it asked, then stock's ModuleNotFoundError raised (rm_import.c: answer_absent).",
      NULL},
-    {"absent", (getter)get_absent, NULL, "imports of names nobody provides answered without "
-     "PathFinder", NULL},
+    {"image", (getter)get_image, NULL,
+     "The image, as a refmarshal._accel.loader.AccelImage (made at the first use).", NULL},
     {NULL},
 };
 
-static PyTypeObject HookStateType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "refmarshal._accel._hook.HookState",
-    .tp_basicsize = sizeof(HookState),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_dealloc = (destructor)state_dealloc,
-    .tp_getset = state_getset,
-    .tp_doc = "An import hook's switches and counters (rm_hook in rm_loader.h).",
+static PyMemberDef finder_members[] = {
+    {"path", T_OBJECT, offsetof(Finder, path), READONLY, "The image's path."},
+    {"_hook", T_OBJECT, offsetof(Finder, hook_cap), READONLY, NULL},
+    {"_failed", T_OBJECT, offsetof(Finder, failed), READONLY, NULL},
+    {"_validated", T_OBJECT, offsetof(Finder, validated), READONLY, NULL},
+    {NULL},
 };
 
-static PyObject *hook_new_hook(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2 || !PyList_Check(args[1]))
-        return PyErr_Format(PyExc_TypeError, "new_hook(checked, io: list)");
-    int checked = PyObject_IsTrue(args[0]);
-    if (checked < 0) return NULL;
-    rm_hook *h;
-    Py_BEGIN_ALLOW_THREADS
-    h = rm_hook_new(checked, args[1]);
-    Py_END_ALLOW_THREADS
-    if (!h) return PyErr_Format(PyExc_ValueError, "cannot set up the import hook");
-    HookState *s = PyObject_New(HookState, &HookStateType);
-    if (!s) return NULL;
-    s->hook = h;
-    s->capsule = Py_NewRef(PyList_GET_ITEM(args[1], PyList_GET_SIZE(args[1]) - 1));
-    return Py_BuildValue("NO", (PyObject *)s, s->capsule);
+static PyMethodDef finder_methods[] = {
+    {"invalidate_caches", (PyCFunction)finder_invalidate_caches, METH_NOARGS,
+     "invalidate_caches($self, /)\n--\n\n"
+     "importlib.invalidate_caches() calls it: every directory listing and directory stamp is\n"
+     "checked again against its directory at its next use."},
+    {NULL},
+};
+
+static PyType_Slot finder_slots[] = {
+    {Py_tp_dealloc, finder_dealloc},
+    {Py_tp_repr, finder_repr},
+    {Py_tp_getset, finder_getset},
+    {Py_tp_members, finder_members},
+    {Py_tp_methods, finder_methods},
+    {Py_tp_doc, "ImageFinder()\n--\n\n"
+     "Finds as PathFinder does; loads from the image what it holds unchanged.\n\n"
+     "find_spec(fullname, path=None, target=None) (rm_import.c) makes the spec stock import\n"
+     "would find, or asks PathFinder for it, and only when that spec is the very file the\n"
+     "image recorded (same path, a plain source module, and nothing but stock's finders\n"
+     "between this one and PathFinder on sys.meta_path) gives it an ImageLoader, which checks\n"
+     "the source in checked mode.  Being C, it adds no Python frame to an import: tracers,\n"
+     "debuggers and warnings see what they see with stock import.  Made by\n"
+     "refmarshal.importer.install (and the start-up hook), not by calling the type."},
+    {0, NULL},
+};
+
+static PyType_Spec finder_spec = {
+    .name = "refmarshal.importer.ImageFinder",
+    .basicsize = sizeof(Finder),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = finder_slots,
+};
+
+/* ---- The loader: importer.ImageLoader ---------------------------------------------------- */
+static PyObject *loader_reduce(PyObject *self, PyObject *unused) {
+    /* a copy or a pickle (of a spec, say) is the stock loader: the image stays here */
+    PyObject *bs = PyImport_ImportModule("_frozen_importlib_external");
+    PyObject *sfl = bs ? PyObject_GetAttrString(bs, "SourceFileLoader") : NULL;
+    PyObject *name = sfl ? PyObject_GetAttrString(self, "name") : NULL;
+    PyObject *path = name ? PyObject_GetAttrString(self, "path") : NULL;
+    PyObject *r = path ? Py_BuildValue("O(OO)", sfl, name, path) : NULL;
+    Py_XDECREF(bs); Py_XDECREF(sfl); Py_XDECREF(name); Py_XDECREF(path);
+    return r;
+}
+
+static PyMethodDef loader_reduce_def = {"__reduce__", loader_reduce, METH_NOARGS, NULL};
+
+/* class ImageLoader(SourceFileLoader) with __slots__ ("_hook", "_spec"), made as a class
+   statement makes it; hook_exec installs rm_import.c's get_code. */
+static PyTypeObject *make_loader_type(void) {
+    PyObject *bs = PyImport_ImportModule("_frozen_importlib_external");
+    PyObject *sfl = bs ? PyObject_GetAttrString(bs, "SourceFileLoader") : NULL;
+    PyObject *ns = sfl ? Py_BuildValue(
+        "{sssss(ss)ss}", "__module__", "refmarshal.importer", "__qualname__", "ImageLoader",
+        "__slots__", "_hook", "_spec", "__doc__",
+        "A SourceFileLoader whose code comes from the image; everything else is stock.\n\n"
+        "get_code is a C method (rm_import.c) and exec_module the stock one, which calls it and\n"
+        "runs the code: no frame of refmarshal's is on the stack while the module's body runs.\n"
+        "When get_code hands the code over, the module's __loader__ and __spec__.loader become a\n"
+        "plain SourceFileLoader, as stock import leaves them (code that looks loaders up by\n"
+        "type, such as distlib's resource finders, depends on that); so does the loader of the\n"
+        "spec find_spec made (_spec), which runpy (python -m) runs as __main__.  _hook is the\n"
+        "finder's C state; slots, so the instance's __dict__ is stock's.  A copy or a pickle is\n"
+        "a SourceFileLoader.") : NULL;
+    PyObject *cls = ns ? PyObject_CallFunction((PyObject *)&PyType_Type, "s(O)O", "ImageLoader",
+                                               sfl, ns) : NULL;
+    PyObject *reduce = cls ? PyDescr_NewMethod((PyTypeObject *)cls, &loader_reduce_def) : NULL;
+    if (!reduce || PyObject_SetAttrString(cls, "__reduce__", reduce) < 0)
+        Py_CLEAR(cls);
+    Py_XDECREF(bs); Py_XDECREF(sfl); Py_XDECREF(ns); Py_XDECREF(reduce);
+    return (PyTypeObject *)cls;
+}
+
+/* ---- Opening a finder ---------------------------------------------------------------------- */
+/* 1 when this interpreter's code objects keep column positions (not -X no_debug_ranges, nor
+   PYTHONNODEBUGRANGES, nor an embedding's config): importer._debug_ranges, in C.  code.replace()
+   makes a code object as compiling and unmarshalling do; any instruction with a column says
+   yes.  0 no, -1 error. */
+static int debug_ranges(PyObject *some_code) {
+    PyObject *code = PyObject_CallMethod(some_code, "replace", NULL);
+    if (!code) return -1;
+    int yes = 0;
+    PyObject *bytes = PyCode_Check(code) ? PyCode_GetCode((PyCodeObject *)code) : NULL;
+    Py_ssize_t n = bytes ? PyBytes_GET_SIZE(bytes) : 0;
+    Py_XDECREF(bytes);
+    for (int off = 0; !yes && off < n; off += 2) {
+        int sl, sc, el, ec;
+        if (PyCode_Addr2Location((PyCodeObject *)code, off, &sl, &sc, &el, &ec) && sc >= 0)
+            yes = 1;
+    }
+    Py_DECREF(code);
+    return yes;
+}
+/* What a finder uses of importlib's (rm_import.c: the io list of rm_hook_new, in its order
+   after the image, the failed set and before the validated set...): module, name. */
+static const char *const stock_objects[][2] = {
+    {"_frozen_importlib_external", "PathFinder"},
+    {"_frozen_importlib_external", "SourceFileLoader"},
+    {NULL, "ImageLoader"}, {NULL, "on_error"},
+    {"_frozen_importlib_external", "FileFinder"},
+    {"_frozen_importlib_external", "spec_from_file_location"},
+    {"_frozen_importlib_external", "_path_stat"}, {NULL, "validated"},
+    {"_frozen_importlib", "BuiltinImporter"}, {"_frozen_importlib", "FrozenImporter"},
+    {"_imp", "is_builtin"}, {"_imp", "find_frozen"},
+    {"_frozen_importlib_external", "ExtensionFileLoader"},
+};
+
+static PyObject *attr_of(const char *module, const char *name) {
+    PyObject *m = PyImport_ImportModule(module);
+    PyObject *a = m ? PyObject_GetAttrString(m, name) : NULL;
+    Py_XDECREF(m);
+    return a;
+}
+
+/* 1 when the image's level is sys.flags.optimize, 0 not, -1 error. */
+static int same_optimize(const unsigned char *hdr) {
+    PyObject *flags = PySys_GetObject("flags");                  /* borrowed */
+    PyObject *level = flags ? PyObject_GetAttrString(flags, "optimize") : NULL;
+    long want = level ? PyLong_AsLong(level) : -1;
+    Py_XDECREF(level);
+    if (want == -1 && PyErr_Occurred()) return -1;
+    return want == (long)(rd32(hdr + RM_HDR_FLAGS_OFF) & FLAG_OPTIMIZE_MASK);
+}
+
+PyDoc_STRVAR(open_finder_doc,
+"open_finder(path, checked, on_error, /)\n--\n\n"
+"An ImageFinder over the image at path (str, absolute), made here alone: what a process's\n"
+"first import through the image runs (_startup), where loading refmarshal's Python modules\n"
+"would cost more than the rest of the first import.  on_error(message) is what the finder\n"
+"calls when something goes wrong during an import.  ValueError when the image cannot be used\n"
+"(cannot be opened, fails the header check, other optimization level, an interpreter without\n"
+"column positions): importer.install then says why, the slow way.");
+
+static PyObject *hook_open_finder(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3 || !PyUnicode_Check(args[0]))
+        return PyErr_Format(PyExc_TypeError, "open_finder(path: str, checked, on_error)");
+    int checked = PyObject_IsTrue(args[1]);
+    PyObject *fs = checked < 0 ? NULL : PyUnicode_EncodeFSDefault(args[0]);
+    rm_image *img = fs ? open_image(PyBytes_AS_STRING(fs), RM_MODE_AUTO) : NULL;
+    Py_XDECREF(fs);
+    if (!img) return NULL;
+    const unsigned char *hdr = rm_base(img);          /* rm_open read the header there */
+    PyObject *some_code = attr_of("_frozen_importlib", "_find_spec");
+    PyObject *code = some_code ? PyObject_GetAttrString(some_code, "__code__") : NULL;
+    int usable = !code ? -1 : header_problem(hdr, rm_size(img)) ? 0 : same_optimize(hdr);
+    if (usable > 0) usable = debug_ranges(code);
+    Py_XDECREF(some_code); Py_XDECREF(code);
+    if (usable <= 0) {
+        rm_close(img);
+        if (usable == 0) PyErr_SetString(PyExc_ValueError, "this image cannot be used here");
+        return NULL;
+    }
+    PyObject *cap = rm_image_capsule_owning(img, args[0]);
+    if (!cap) { rm_close(img); return NULL; }
+    hook_state *st = PyModule_GetState(mod);
+    Finder *f = (Finder *)st->finder_type->tp_alloc(st->finder_type, 0);
+    PyObject *io = f ? PyList_New(0) : NULL;
+    if (!io) { Py_DECREF(cap); Py_XDECREF(f); return NULL; }
+    f->path = Py_NewRef(args[0]);
+    f->image_cap = cap;
+    f->failed = PySet_New(NULL);
+    f->validated = PySet_New(NULL);
+    int ok = f->failed && f->validated && PyList_Append(io, cap) == 0
+             && PyList_Append(io, f->failed) == 0;
+    for (size_t i = 0; ok && i < sizeof stock_objects / sizeof *stock_objects; i++) {
+        const char *m = stock_objects[i][0], *name = stock_objects[i][1];
+        PyObject *o = m ? attr_of(m, name)
+                        : Py_NewRef(!strcmp(name, "ImageLoader") ? (PyObject *)st->loader_type
+                                    : !strcmp(name, "on_error") ? args[2] : f->validated);
+        ok = o && PyList_Append(io, o) == 0;
+        Py_XDECREF(o);
+    }
+    rm_hook *h = NULL;
+    if (ok) {
+        Py_BEGIN_ALLOW_THREADS
+        h = rm_hook_new(checked, io);
+        Py_END_ALLOW_THREADS
+        if (!h) PyErr_SetString(PyExc_ValueError, "cannot set up the import hook");
+    }
+    if (h) {
+        f->hook = h;
+        f->hook_cap = Py_NewRef(PyList_GET_ITEM(io, PyList_GET_SIZE(io) - 1));
+    }
+    Py_DECREF(io);
+    if (!h) Py_CLEAR(f);
+    return (PyObject *)f;
+}
+
+static PyObject *hook_image_info(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) return PyErr_Format(PyExc_TypeError, "image_info(capsule, error_type)");
+    rm_image *img = rm_image_capsule_adopt(args[0], args[1]);
+    if (!img) return NULL;
+    const unsigned char *base = rm_base(img);
+    return Py_BuildValue("NKKy#I", PyLong_FromVoidPtr(img), (unsigned long long)(uintptr_t)base,
+                         rm_size(img), (const char *)base, (Py_ssize_t)HEADER_SIZE,
+                         rd32(base + RM_HDR_FLAGS_OFF) & FLAG_OPTIMIZE_MASK);
 }
 
 static PyMethodDef hook_methods[] = {
@@ -291,9 +546,12 @@ static PyMethodDef hook_methods[] = {
      "The capsule the C methods reach the image through (rm_image_capsule)."},
     {"install_method", (PyCFunction)(void (*)(void))hook_install_method, METH_FASTCALL,
      "install_method(cls, key, /)\n--\n\nrm_install_method; ImportError when it fails."},
-    {"new_hook", (PyCFunction)(void (*)(void))hook_new_hook, METH_FASTCALL,
-     "new_hook(checked, io, /)\n--\n\n"
-     "rm_hook_new: (its HookState, its capsule), the capsule also appended to io."},
+    {"open_finder", (PyCFunction)(void (*)(void))hook_open_finder, METH_FASTCALL,
+     open_finder_doc},
+    {"image_info", (PyCFunction)(void (*)(void))hook_image_info, METH_FASTCALL,
+     "image_info(capsule, error_type, /)\n--\n\n"
+     "(handle, base, size, header, optimize) of the image an image capsule holds, whose API\n"
+     "errors get error_type from now on: for an AccelImage adopting a finder's image."},
     {NULL},
 };
 
@@ -303,7 +561,22 @@ static int hook_exec(PyObject *m) {
                         "refmarshal accelerator was built for another Python version");
         return -1;
     }
-    if (PyType_Ready(&HookStateType) < 0) return -1;
+    hook_state *st = PyModule_GetState(m);
+    st->finder_type = (PyTypeObject *)PyType_FromSpec(&finder_spec);
+    st->loader_type = st->finder_type ? make_loader_type() : NULL;
+    if (!st->loader_type) return -1;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS        /* as cffi calls it: see the top of this file */
+    rc = rm_install_method(st->finder_type, "ImageFinder.find_spec") < 0
+         || rm_install_method(st->loader_type, "ImageLoader.get_code") < 0 ? -1 : 0;
+    Py_END_ALLOW_THREADS
+    if (rc < 0) {
+        PyErr_SetString(PyExc_ImportError, "refmarshal accelerator: cannot install methods");
+        return -1;
+    }
+    if (PyModule_AddObjectRef(m, "ImageFinder", (PyObject *)st->finder_type) < 0
+        || PyModule_AddObjectRef(m, "ImageLoader", (PyObject *)st->loader_type) < 0)
+        return -1;
     if (PyModule_AddIntConstant(m, "MODE_HUGE_PAGES", RM_MODE_HUGE_PAGES) < 0
         || PyModule_AddIntConstant(m, "MODE_SMALL_PAGES", RM_MODE_SMALL_PAGES) < 0
         || PyModule_AddIntConstant(m, "MODE_FILE_MAPPING", RM_MODE_FILE_MAPPING) < 0
@@ -327,7 +600,7 @@ static struct PyModuleDef hook_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "refmarshal._accel._hook",
     .m_doc = "The import hook's entry points into the accelerator (rm_hook.c), without cffi.",
-    .m_size = 0,
+    .m_size = sizeof(hook_state),   /* strong references, kept for the process's life */
     .m_methods = hook_methods,
     .m_slots = hook_slots,
 };

@@ -43,9 +43,11 @@ PyObject *rm__load(rm_image *img, uint32_t index, char *err, int errlen);
 #define HOOK_CAPSULE "refmarshal.hook"
 
 typedef struct {
-    rm_image *img;            /* closed by the AccelImage, which outlives every user of this */
+    rm_image *img;            /* closed by the AccelImage, which outlives every user of this,
+                                 or by this capsule when `owns` (rm_image_capsule_owning) */
     PyObject *path;           /* str: the image's path, for messages */
-    PyObject *error_type;     /* ImageError */
+    PyObject *error_type;     /* ImageError; NULL until an AccelImage adopts an owning capsule */
+    int owns;
 } image_ref;
 
 /* The Python objects a hook uses, in the order of rm_hook_new's io list. */
@@ -74,7 +76,7 @@ static const char *const code_names[CODE_COUNT] = {"_find_spec", "_find_and_load
 typedef struct {              /* rm_hook.priv */
     image_ref *image;
     PyObject *obj[IO_COUNT];  /* strong references:
-        IO_IMAGE          the AccelImage: keeps `image` valid
+        IO_IMAGE          the AccelImage, or the image's capsule: keeps `image` valid
         IO_FAILED         set: names whose module failed to load (stock from then on)
         IO_PATH_FINDER    importlib's PathFinder
         IO_SOURCE_LOADER  importlib's SourceFileLoader
@@ -177,8 +179,9 @@ static PyObject *image_get_code(PyObject *self, PyObject *name) {
     if (index == -1) { PyErr_SetObject(PyExc_KeyError, name); return NULL; }
     PyObject *code = index < 0 ? NULL : rm__load(ir->img, (uint32_t)index, err, ERRLEN);
     if (!code) {
-        if (index < 0) PyErr_Format(ir->error_type, "%U: %s", ir->path, err);
-        else PyErr_Format(ir->error_type, "%U: module %U: %s", ir->path, name, err);
+        PyObject *type = ir->error_type ? ir->error_type : PyExc_ValueError;
+        if (index < 0) PyErr_Format(type, "%U: %s", ir->path, err);
+        else PyErr_Format(type, "%U: module %U: %s", ir->path, name, err);
         return NULL;
     }
     return Py_NewRef(code);
@@ -910,25 +913,39 @@ static int answer_absent(rm_hook *h, PyObject *fullname, PyObject *target, PyObj
     if (!mp || !PyList_Check(mp)) return 0;
     Py_ssize_t at = PySequence_Index(mp, p->obj[IO_PATH_FINDER]);
     if (at < 0) { PyErr_Clear(); return 0; }
-    PyObject *later = PyList_GetSlice(mp, at + 1, PyList_GET_SIZE(mp));
-    if (!later) return -1;
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(later); i++) {
+    PyObject *later = PyList_GetSlice(mp, at + 1, PyList_GET_SIZE(mp)), *finds = NULL;
+    Py_ssize_t n = later ? PyList_GET_SIZE(later) : 0;
+    if (later) finds = PyList_New(n);
+    for (Py_ssize_t i = 0; finds && i < n; i++) {     /* their find_spec, None when none */
         PyObject *find = PyObject_GetAttr(PyList_GET_ITEM(later, i), s_find_spec);
-        if (!find) {
-            if (!PyErr_ExceptionMatches(PyExc_AttributeError)) { Py_DECREF(later); return -1; }
-            PyErr_Clear();                      /* _find_spec skips such a finder too */
-            continue;
+        if (!find && PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            PyErr_Clear();
+#if PY_VERSION_HEX < 0x030c0000
+            /* Version difference: 3.11's _find_spec falls back to the finder's find_module
+               (_find_spec_legacy): stock's walk does that */
+            Py_CLEAR(finds);
+            rc = 0;
+            break;
+#endif
+            find = Py_NewRef(Py_None);       /* 3.12+: _find_spec skips such a finder */
         }
+        if (!find) Py_CLEAR(finds);
+        else PyList_SET_ITEM(finds, i, find);
+    }
+    Py_XDECREF(later);
+    if (!finds) return rc == 0 ? 0 : -1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *find = PyList_GET_ITEM(finds, i);
+        if (find == Py_None) continue;
         PyObject *spec = PyObject_CallFunctionObjArgs(find, fullname, Py_None, target, NULL);
-        Py_DECREF(find);
         if (!spec || spec != Py_None) {         /* its error is stock's too */
-            Py_DECREF(later);
+            Py_DECREF(finds);
             *out = spec;
             return spec ? 1 : -2;
         }
         Py_DECREF(spec);
     }
-    Py_DECREF(later);
+    Py_DECREF(finds);
     PyObject *msg = PyUnicode_FromFormat("No module named %R", fullname);
     PyObject *args = msg ? PyTuple_Pack(1, msg) : NULL;
     PyObject *kw = args ? Py_BuildValue("{sO}", "name", fullname) : NULL;
@@ -1223,6 +1240,7 @@ int rm_install_method(void *cls, const char *key) {
 /* ---- Capsules ----------------------------------------------------------------------------- */
 static void image_ref_free(image_ref *ir) {
     if (!ir) return;
+    if (ir->owns) rm_close(ir->img);  /* (keeps the memory when anything lives in it) */
     Py_XDECREF(ir->path);
     Py_XDECREF(ir->error_type);
     free(ir);
@@ -1257,6 +1275,28 @@ int rm_image_capsule(rm_image *img, void *io) {
     return rc;
 }
 
+/* A capsule that owns img (closed when the capsule goes), for a finder opened by the hook's C
+   module alone (rm_hook.c: open_finder); GIL held.  NULL with an exception. */
+PyObject *rm_image_capsule_owning(rm_image *img, PyObject *path) {
+    image_ref *ir = calloc(1, sizeof *ir);
+    if (!ir) return PyErr_NoMemory();
+    ir->img = img;
+    ir->path = Py_NewRef(path);
+    PyObject *cap = PyCapsule_New(ir, IMAGE_CAPSULE, image_capsule_free);
+    if (cap) ir->owns = 1;
+    else image_ref_free(ir);
+    return cap;
+}
+
+/* The rm_image behind an image capsule, and the error type its API errors get from now on
+   (when error_type is not NULL); NULL with an exception. */
+rm_image *rm_image_capsule_adopt(PyObject *cap, PyObject *error_type) {
+    image_ref *ir = PyCapsule_GetPointer(cap, IMAGE_CAPSULE);
+    if (!ir) return NULL;
+    if (error_type) Py_XSETREF(ir->error_type, Py_NewRef(error_type));
+    return ir->img;
+}
+
 static void hook_free(rm_hook *h, hook_priv *p) {
     if (p) {
         for (int i = 0; i < IO_COUNT; i++) Py_XDECREF(p->obj[i]);
@@ -1289,7 +1329,9 @@ rm_hook *rm_hook_new(int checked, void *io) {
     if (!h || !p || !PyList_Check(list) || PyList_GET_SIZE(list) != IO_COUNT
         || intern_names() < 0)
         goto fail;
-    p->image = capsule_of(PyList_GET_ITEM(list, IO_IMAGE), "_capsule", IMAGE_CAPSULE);
+    PyObject *image = PyList_GET_ITEM(list, IO_IMAGE);    /* an AccelImage, or its capsule */
+    p->image = PyCapsule_CheckExact(image) ? PyCapsule_GetPointer(image, IMAGE_CAPSULE)
+                                           : capsule_of(image, "_capsule", IMAGE_CAPSULE);
     if (!p->image || !PySet_Check(PyList_GET_ITEM(list, IO_FAILED))
         || !PySet_Check(PyList_GET_ITEM(list, IO_VALIDATED)))
         goto fail;
