@@ -11,7 +11,11 @@ For each statement (default: import sympy / boto3 / django.contrib.admin):
   replay   fresh `VENV/bin/python -c` processes call _find_spec with that sequence, nothing
            else, one timer around the first call (which, with the image, opens it: the .pth
            hook's PendingFinder installs the finder) and one around the rest.  Arms stock
-           (REFMARSHAL=0) and image interleaved, their order alternating by round.
+           (REFMARSHAL=0) and image interleaved, their order alternating by round.  A
+           top-level name that nothing provided in the recording (`try: import nt`) is asked
+           for as the import statement asks, with __import__ (failing), in both arms: the
+           image's finder answers such a name only when C import asks (rm_import.c:
+           answer_absent), and the failed import's own cost (about 12 us) is in both.
 
 Every replay's specs must have the origins of the recording, in both arms (a mismatch is
 reported and fails the run).  What replay leaves out, in both arms alike: the module bodies

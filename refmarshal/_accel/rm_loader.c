@@ -59,13 +59,12 @@
    than 64 KiB for boto3's import and was no slower materialising the whole stdlib.) */
 #define PAGE_UNIT 4096
 #define HUGE_PAGE (2 * 1024 * 1024)
-/* The directory and names sections are read a page at a time for the first META_FEW reads, then
-   META_UNIT at a time: a program that imports a few modules reads a few pages; one that
-   imports hundreds touches most of them (a probe of the lookup table reads the entry and the
-   name of each module it passes, [LKP-2]), where a page per read made sympy's find phase read
-   212 pages in as many preads. */
-#define META_FEW 16
-#define META_UNIT (16 * PAGE_UNIT)
+/* The directory and names sections are read a page at a time too: a lookup reads the page
+   of the entry it finds and of its name, and, for each module its probe passes, that entry's
+   page only (a name of another length is not read).  Measured on boto3's find phase
+   (benchmarks/findphase.py, interleaved builds): 108 reads of a page, 0.2 ms less than 59 reads
+   that switched to 64 KiB after 16 (which read the whole 1.1 MB).  A cold image gets the
+   sections read ahead at once instead (meta_read_ahead). */
 
 struct rm_image {
     int fd;                       /* kept open: chunks are read on demand */
@@ -77,7 +76,6 @@ struct rm_image {
     uint64_t dir_off, names_off, names_size, lookup_off, lookup_slots, sidx_off, sheap_off,
              sheap_size, mheap_off, mheap_size;
     unsigned char *page_ready;    /* per PAGE_UNIT: 1 once read from the file */
-    uint32_t meta_reads;          /* reads of the directory and names sections so far */
     uint64_t bytes_read;          /* how much of the file has been read so far */
     PyObject **strings;           /* resolved strings, by index (NULL: not yet) */
     unsigned char *state;         /* per module: LOAD_* below */
@@ -280,7 +278,6 @@ static int ensure(rm_image *img, uint64_t off, uint64_t len, uint64_t grain,
             img->bytes_read += (uint64_t)got;
         }
         memset(img->page_ready + p, 1, run - p);
-        if (p * PAGE_UNIT < img->lookup_off) img->meta_reads++;
         p = run;
     }
     return 0;
@@ -331,6 +328,22 @@ int rm_huge_pages_safe(void) {
 }
 
 /* ---- Opening ---------------------------------------------------------------------------- */
+/* With the image out of the page cache (not read since boot, or evicted), lookups would read
+   the directory, names and lookup sections a page at a time from the disk: the kernel is asked
+   to read them all now, in the background (POSIX_FADV_WILLNEED).  Warm, this costs one
+   non-blocking read of a byte. */
+static void meta_read_ahead(rm_image *img, uint64_t lookup_size) {
+    char probe;
+    struct iovec iov = {&probe, 1};
+    errno = 0;
+    if (img->mode == RM_MODE_FILE_MAPPING
+        || preadv2(img->fd, &iov, 1, (off_t)img->lookup_off, RWF_NOWAIT) == 1
+        || errno != EAGAIN)      /* (not the header page's neighbours: rm_open read them) */
+        return;
+    posix_fadvise(img->fd, 0, (off_t)(img->lookup_off + lookup_size), POSIX_FADV_WILLNEED);
+}
+
+
 rm_image *rm_open(const char *path, int mode, char *err, int errlen) {
     rm_image *img = NULL;
     unsigned char hdr[HEADER_SIZE];
@@ -397,6 +410,7 @@ rm_image *rm_open(const char *path, int mode, char *err, int errlen) {
         || img->sidx_off + (uint64_t)img->nstrings * STRING_SIZE > img->size
         || img->sheap_off + img->sheap_size > img->size || img->mheap_off + img->mheap_size > img->size)
         FAIL("section outside the file");
+    meta_read_ahead(img, lookup_size);
     img->group_checked = calloc(img->lookup_groups, 1);
     img->strings = calloc(img->nstrings ? img->nstrings : 1, sizeof(PyObject *));
     img->state = calloc(img->nmodules ? img->nmodules : 1, 1);
@@ -425,21 +439,22 @@ unsigned int rm_module_count(rm_image *img) { return img->nmodules; }
 unsigned long long rm_bytes_read(rm_image *img) { return img->bytes_read; }
 
 /* ---- Directory ([DIR-1], [LKP-2]) -------------------------------------------------------- */
-static uint64_t meta_grain(const rm_image *img) {
-    return img->meta_reads < META_FEW ? PAGE_UNIT : META_UNIT;
-}
-
-/* Entry i's name, bounds-checked (not yet checksummed): for binary search. */
-static const unsigned char *entry_name(rm_image *img, uint32_t i, uint32_t *len, char *err, int errlen) {
+/* Entry i's name, bounds-checked (not yet checksummed): for binary search.  `want`: the length
+   the caller looks for, or 0: a name of another length is not read (*len set, NULL, no
+   error), so that a lookup's probe past other modules reads their entries' page only. */
+static const unsigned char *entry_name(rm_image *img, uint32_t i, uint32_t *len, size_t want,
+                                       char *err, int errlen) {
     uint64_t e_off = img->dir_off + (uint64_t)i * MODULE_SIZE;
-    if (ensure(img, e_off, MODULE_SIZE, meta_grain(img), err, errlen) < 0) return NULL;
+    if (ensure(img, e_off, MODULE_SIZE, PAGE_UNIT, err, errlen) < 0) return NULL;
     const unsigned char *e = img->base + e_off;
     uint32_t n_off = rd32(e + RM_DIR_NAME_OFFSET_OFF), n_len = rd32(e + RM_DIR_NAME_LENGTH_OFF);
+    *len = n_len;
+    if (want && n_len != want) return NULL;
     if ((uint64_t)n_off + n_len > img->names_size) {
         snprintf(err, errlen, "directory entry %u: name outside the names section", i);
         return NULL;
     }
-    if (ensure(img, img->names_off + n_off, n_len, meta_grain(img), err, errlen) < 0)
+    if (ensure(img, img->names_off + n_off, n_len, PAGE_UNIT, err, errlen) < 0)
         return NULL;
     *len = n_len;
     return img->base + img->names_off + n_off;
@@ -450,14 +465,14 @@ int rm__check_entry(rm_image *img, uint32_t i, rm_entry_info *out, char *err, in
     int rc = -1;
     uint32_t n_len;
     if (i >= img->nmodules) FAIL("no directory entry %u", i);
-    const unsigned char *name = entry_name(img, i, &n_len, err, errlen);
+    const unsigned char *name = entry_name(img, i, &n_len, 0, err, errlen);
     if (!name) goto fail;
     const unsigned char *e = img->base + img->dir_off + (uint64_t)i * MODULE_SIZE;
     uint32_t p_off = rd32(e + RM_DIR_PATH_OFFSET_OFF), p_len = rd32(e + RM_DIR_PATH_LENGTH_OFF);
     uint32_t flags = rd32(e + RM_DIR_FLAGS_OFF);
     if ((uint64_t)p_off + p_len > img->names_size)
         FAIL("directory entry %u: name or path outside the names section", i);
-    if (ensure(img, img->names_off + p_off, p_len, meta_grain(img), err, errlen) < 0) goto fail;
+    if (ensure(img, img->names_off + p_off, p_len, PAGE_UNIT, err, errlen) < 0) goto fail;
     const unsigned char *path = img->base + img->names_off + p_off;
     uint32_t crc = crc32_update(0, e + RM_DIR_FLAGS_OFF, RM_DIR_BYTES - RM_DIR_FLAGS_OFF);
     crc = crc32_update(crc32_update(crc, name, n_len), path, p_len);
@@ -535,9 +550,10 @@ int rm__find(rm_image *img, const char *name, size_t len, char *err, int errlen)
                      (unsigned long long)at, v - 1);
             return -2;
         }
-        const unsigned char *n = entry_name(img, v - 1, &n_len, err, errlen);
-        if (!n) return -2;
-        if (n_len == len && memcmp(n, name, len) == 0) return (int)(v - 1);
+        err[0] = 0;
+        const unsigned char *n = entry_name(img, v - 1, &n_len, len, err, errlen);
+        if (!n && (err[0] || !len)) return -2;
+        if (n && memcmp(n, name, len) == 0) return (int)(v - 1);
     }
     snprintf(err, errlen, "lookup table has no empty slot");
     return -2;
@@ -919,7 +935,7 @@ static int is_test_name(const char *n, uint32_t len) {
 static int in_subtree(rm_image *img, uint32_t i, const rm_entry_info *info, char *err,
                       int errlen) {
     uint32_t len;
-    const unsigned char *n = entry_name(img, i, &len, err, errlen);
+    const unsigned char *n = entry_name(img, i, &len, 0, err, errlen);
     if (!n) return -1;
     return len > info->name_len && memcmp(n, info->name, info->name_len) == 0
            && n[info->name_len] == '.';
