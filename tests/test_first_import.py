@@ -205,3 +205,42 @@ def test_debug_ranges_probe(tmp_path):
             for flags, env in (([], {}), (["-X", "no_debug_ranges"], {}),
                                ([], {"PYTHONNODEBUGRANGES": "1"}))]
     assert outs == ["True\n", "False\n", "False\n"]
+
+
+def test_open_finder_refuses_what_install_declines(small_image, tmp_path):
+    """The first import's C path (_hook.open_finder) refuses an interpreter without column
+    positions and another optimization level, as importer.install declines them (the slow way
+    then says why); it makes a working finder otherwise."""
+    code = textwrap.dedent('''
+        import sys
+        from refmarshal._startup import load_hook_module
+        hook = load_hook_module()
+        try:
+            f = hook.open_finder(sys.argv[1], True, print)
+        except ValueError:
+            print("refused")
+        else:
+            print(type(f).__module__, type(f).__name__, f.checked, f.hits, f.path == sys.argv[1],
+                  f.image.owns(f.image.get_code("kinds")))
+    ''')
+    outs = [run([*flags, "-c", code, str(small_image)], tmp_path, env=env).stdout.strip()
+            for flags, env in (([], {}), (["-X", "no_debug_ranges"], {}),
+                               ([], {"PYTHONNODEBUGRANGES": "1"}), (["-O"], {}))]
+    assert outs == ["refmarshal.importer ImageFinder True 0 True True"] + ["refused"] * 3
+
+
+def test_finder_and_loader_types_as_stock_code_sees_them():
+    """ImageFinder is made by install, not by calling it; an ImageLoader copies and pickles
+    as the stock SourceFileLoader (the image stays in this process)."""
+    import copy
+    import pickle
+    from importlib.machinery import SourceFileLoader
+    with pytest.raises(TypeError):
+        importer.ImageFinder()
+    loader = importer.ImageLoader("m", "/nowhere/m.py")
+    assert isinstance(loader, SourceFileLoader) and importer.ImageLoader.__slots__ == (
+        "_hook", "_spec")
+    for clone in (copy.copy(loader), pickle.loads(pickle.dumps(loader))):
+        assert type(clone) is SourceFileLoader and (clone.name, clone.path) == (
+            "m", "/nowhere/m.py")
+    assert importer.ImageLoader.__module__ == "refmarshal.importer"
