@@ -1,9 +1,10 @@
 """What the ``refmarshal.pth`` line runs at every interpreter start: a PendingFinder where the
-image finder goes.  The image is opened (and the accelerator imported) at the first import
-that reaches it, so ``python -c pass`` pays for this one small module and one stat: the line
-loads it from its file, without searching ``sys.path`` nor importing the package
-(``importer.pth_text``); the package and the modules the first import needs are loaded the
-same way then (``_load_hook_modules``).
+image finder goes.  The image is opened (and the accelerator loaded) at the first import that
+reaches it, so ``python -c pass`` pays for this one small module and one stat: the line loads
+it from its file, without searching ``sys.path`` nor importing the package
+(``importer.pth_text``).  The first import loads the accelerator's C module alone, which makes
+the finder (``_install_quickly``); only when it cannot are the package and ``importer`` loaded
+the same way (``_load_hook_modules``), to say why.
 
 In a subinterpreter (3.12+) it does nothing: see ``in_main_interpreter``.  Nor without debug
 ranges (``-X no_debug_ranges``, ``PYTHONNODEBUGRANGES``): see ``importer._debug_ranges``.
@@ -239,11 +240,11 @@ _HOOK_MODULES = (("refmarshal", "__init__.py"), ("refmarshal.importer", "importe
 
 
 def _load_hook_modules():
-    """Load what the first import needs of refmarshal (``_HOOK_MODULES``) from its files in
-    this module's directory, as importing them would (the same specs: ``FileFinder`` makes
-    them with ``spec_from_file_location``), without searching ``sys.path``, the package's
-    directories or ``sys.meta_path``: about 0.2 ms less at a process's first import.  (So
-    ``-X importtime`` does not list them.)  The package is the one beside this module, which
+    """Load what the slow way of the first import needs of refmarshal (``_HOOK_MODULES``; also
+    ``ImageFinder.image`` and ``warn_in_import``) from its files in this module's directory, as
+    importing them would (the same specs: ``FileFinder`` makes them with
+    ``spec_from_file_location``), without searching ``sys.path``, the package's directories or
+    ``sys.meta_path``.  (So ``-X importtime`` does not list them.)  The package is the one beside this module, which
     the ``.pth`` line loaded from its file: ``sys.path`` may now have, in front, a directory
     that shadows it.  A module already imported is left as it is; the accelerator's Python
     side may fail to load: ``importer._open`` imports it again and says why."""

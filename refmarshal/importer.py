@@ -12,8 +12,9 @@ behave as stock; everything else about the module (``__file__``, ``__cached__``,
 
 Any problem with the image disables it with one ``RefmarshalWarning`` and stock import goes
 on.  Modules are loaded only through the accelerator, never the (slow) reference reader.
-The start-up hook (``_startup``) imports this module at the first import of a process: keep
-its imports minimal.
+The start-up hook (``_startup``) makes the finder with the accelerator's C module alone and
+loads this module only to say why an image is refused (``install``), or for the API: keep its
+imports minimal all the same.
 """
 
 import os
