@@ -244,9 +244,9 @@ def _load_hook_modules():
     ``ImageFinder.image`` and ``warn_in_import``) from its files in this module's directory, as
     importing them would (the same specs: ``FileFinder`` makes them with
     ``spec_from_file_location``), without searching ``sys.path``, the package's directories or
-    ``sys.meta_path``.  (So ``-X importtime`` does not list them.)  The package is the one beside this module, which
-    the ``.pth`` line loaded from its file: ``sys.path`` may now have, in front, a directory
-    that shadows it.  A module already imported is left as it is; the accelerator's Python
+    ``sys.meta_path``.  (So ``-X importtime`` does not list them.)  The package is the one
+    beside this module, which the ``.pth`` line loaded from its file: ``sys.path`` may now
+    have, in front, a directory that shadows it.  A module already imported is left as it is; the accelerator's Python
     side may fail to load: ``importer._open`` imports it again and says why."""
     here = os.path.dirname(__file__)
     pkg = sys.modules.get(__package__)

@@ -431,6 +431,25 @@ def test_changes_after_the_build_in_a_stamped_directory(stamped, change):
         assert got[1] == "leaf" and mine["out"][1][-1] is True   # proven by the listing
 
 
+@pytest.mark.parametrize("change", ["none", "init-extension"])
+def test_a_top_level_package_found_by_listings_and_its_stamp(stamped, change):
+    """A top-level package found by the listings: its directory's stamp proves that no
+    __init__ extension module comes before its __init__.py (no stat of each candidate); when
+    the directory changed, the candidates are tried as stock tries them."""
+    src, img, cwd = stamped
+    if change == "init-extension":
+        (src / "pkg" / ("__init__" + EXT)).write_text("")
+    out = stamped_both(stamped, "", ["pkg"])
+    stock, mine = out["stock"], out["checked"]
+    got = stock["out"][0]
+    if change == "none":
+        assert got[0] == str(src / "pkg" / "__init__.py") and mine["out"][0][-1] is True
+        assert mine["direct"] == 4          # pkg, and the three submodules its body imports
+    else:
+        assert got[0] == "ImportError" and EXT in got[2] and mine["out"][0] == got
+        assert mine["direct"] == 0
+
+
 @pytest.mark.parametrize("cached", ["default", "sources-only"])
 def test_a_filefinder_already_made_for_a_stamped_directory(stamped, cached):
     """A FileFinder stock already has for the directory (pkgutil made it): with stock's default

@@ -33,6 +33,9 @@
 #define ERRLEN 256
 
 static int stepped_aside(void);
+typedef struct hook_priv hook_priv;
+static int default_finder(hook_priv *p, PyObject *finder, PyObject *dir);
+static int stamp_holds(hook_priv *p, PyObject *dir, long long stamp);
 
 /* rm_loader.c's mechanics (GIL held) */
 int rm__find(rm_image *img, const char *name, size_t len, char *err, int errlen);
@@ -73,7 +76,7 @@ enum { CODE_FIND_SPEC, CODE_UNLOCKED, CODE_FIND_AND_LOAD, CODE_GCD_IMPORT, CODE_
 static const char *const code_names[CODE_COUNT] = {"_find_spec", "_find_and_load_unlocked",
                                                    "_find_and_load", "_gcd_import"};
 
-typedef struct {              /* rm_hook.priv */
+struct hook_priv {            /* rm_hook.priv */
     image_ref *image;
     PyObject *obj[IO_COUNT];  /* strong references:
         IO_IMAGE          the AccelImage, or the image's capsule: keeps `image` valid
@@ -102,16 +105,17 @@ typedef struct {              /* rm_hook.priv */
     PyObject *code[CODE_COUNT];   /* frozen importlib's functions' code (strong), see
                                      called_by_import; code[0] NULL: not looked up yet */
     int codes_known;          /* 1 found, -1 not (then names are never answered absent) */
-} hook_priv;
+};
 
 /* Attribute names the hot path uses, interned once (rm_hook_new). */
-static PyObject *s_hook, *s_spec, *s_path, *s_path_cache, *s_loaders, *s_find_spec;
+static PyObject *s_hook, *s_spec, *s_path, *s_path_cache, *s_loaders, *s_find_spec, *s_init_py;
 
 static int intern_names(void) {
-    if (s_find_spec) return 0;
+    if (s_init_py) return 0;
     struct { PyObject **slot; const char *text; } names[] = {
         {&s_hook, "_hook"}, {&s_spec, "_spec"}, {&s_path, "path"},
-        {&s_path_cache, "_path_cache"}, {&s_loaders, "_loaders"}, {&s_find_spec, "find_spec"}};
+        {&s_path_cache, "_path_cache"}, {&s_loaders, "_loaders"}, {&s_find_spec, "find_spec"},
+        {&s_init_py, "__init__.py"}};
     for (size_t i = 0; i < sizeof names / sizeof *names; i++)
         if (!*names[i].slot && !(*names[i].slot = PyUnicode_InternFromString(names[i].text)))
             return -1;
@@ -450,6 +454,7 @@ typedef struct {              /* what the image recorded for the module */
     PyObject *path;           /* its file (str) */
     PyObject *dir;            /* the path entry or package directory it was found in */
     int package;
+    long long pkg_stamp;      /* a package's directory stamp with MOD_FIRST_IN_DIR, else 0 */
 } recorded;
 
 /* A FileFinder's directory, its listing (checked against the directory, validate_listing)
@@ -498,6 +503,18 @@ static int look_in(hook_priv *p, PyObject *finder, const void *what, PyObject **
         /* FileFinder: tail/__init__ + each suffix in loader order, the first file wins */
         rc = 0;
         if (!has_dir || !(base = path_join(dir, rec->tail))) goto done;
+        /* the package directory's stamp, with stock's loaders, proves the recorded __init__.py
+           first ([DIR-6]): one stat of the directory per process, shared with its submodules
+           (by_stamps), instead of one per __init__ candidate before it */
+        int stamped = rec->pkg_stamp ? default_finder(p, finder, dir) : 0;
+        if (stamped > 0) stamped = stamp_holds(p, base, rec->pkg_stamp);
+        if (stamped) {
+            PyObject *cand = stamped > 0 ? path_join(base, s_init_py) : NULL;
+            rc = !cand ? -1 : PyUnicode_Compare(cand, rec->path) == 0 ? 2 : 0;
+            if (rc == 2) *full = cand;
+            else Py_XDECREF(cand);
+            goto done;
+        }
         for (Py_ssize_t i = 0; i < PyList_GET_SIZE(loaders); i++) {
             PyObject *pair = PyList_GET_ITEM(loaders, i);
             if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) goto done;
@@ -550,6 +567,7 @@ static int recorded_for(PyObject *fullname, const rm_entry_info *info, recorded 
     Py_ssize_t dot = PyUnicode_FindChar(fullname, '.', 0, n, -1);
     if (dot == -2) return -1;
     rec->package = (info->flags & MOD_PACKAGE) != 0;
+    rec->pkg_stamp = rec->package && (info->flags & MOD_FIRST_IN_DIR) ? info->pkg_mtime_ns : 0;
     rec->tail = PyUnicode_Substring(fullname, dot + 1, n);
     rec->path = PyUnicode_DecodeFSDefaultAndSize(info->path, info->path_len);
     if (!rec->tail || !rec->path) return -1;
