@@ -189,11 +189,11 @@ def _debug_ranges():
     The start-up hook steps aside silently for the option and the variable (a user's choice,
     not a problem: CPython's own tests read such children's stderr); install() says why.
 
-    ``code.replace()`` makes a code object the way compiling and unmarshalling do, so it is
-    asked (a few microseconds); ``compile()`` would make the ``ast`` module's classes first,
-    one to seven milliseconds at a process's first call."""
-    code = _debug_ranges.__code__.replace()
-    return any(p[2] is not None for p in code.co_positions())
+    The accelerator's C module asks (rm_hook.c: ``debug_ranges``, which ``open_finder`` asks
+    too): ``code.replace()`` makes a code object the way compiling and unmarshalling do (a few
+    microseconds); ``compile()`` would make the ``ast`` module's classes first, one to seven
+    milliseconds at a process's first call."""
+    return load_hook_module().debug_ranges()
 
 
 def install(path=None, *, checked=True):

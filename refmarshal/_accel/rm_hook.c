@@ -404,13 +404,23 @@ static PyTypeObject *make_loader_type(void) {
     return (PyTypeObject *)cls;
 }
 
+static PyObject *attr_of(const char *module, const char *name) {
+    PyObject *m = PyImport_ImportModule(module);
+    PyObject *a = m ? PyObject_GetAttrString(m, name) : NULL;
+    Py_XDECREF(m);
+    return a;
+}
+
 /* ---- Opening a finder ---------------------------------------------------------------------- */
 /* 1 when this interpreter's code objects keep column positions (not -X no_debug_ranges, nor
-   PYTHONNODEBUGRANGES, nor an embedding's config): importer._debug_ranges, in C.  code.replace()
-   makes a code object as compiling and unmarshalling do; any instruction with a column says
-   yes.  0 no, -1 error. */
-static int debug_ranges(PyObject *some_code) {
-    PyObject *code = PyObject_CallMethod(some_code, "replace", NULL);
+   PYTHONNODEBUGRANGES, nor an embedding's config; importer._debug_ranges asks it too).
+   code.replace() makes a code object as compiling and unmarshalling do; any instruction with
+   a column says yes.  0 no, -1 error. */
+static int debug_ranges(void) {
+    PyObject *func = attr_of("_frozen_importlib", "_find_spec");     /* any code object */
+    PyObject *some_code = func ? PyObject_GetAttrString(func, "__code__") : NULL;
+    PyObject *code = some_code ? PyObject_CallMethod(some_code, "replace", NULL) : NULL;
+    Py_XDECREF(func); Py_XDECREF(some_code);
     if (!code) return -1;
     int yes = 0;
     PyObject *bytes = PyCode_Check(code) ? PyCode_GetCode((PyCodeObject *)code) : NULL;
@@ -432,18 +442,11 @@ static const char *const stock_objects[][2] = {
     {NULL, "ImageLoader"}, {NULL, "on_error"},
     {"_frozen_importlib_external", "FileFinder"},
     {"_frozen_importlib_external", "spec_from_file_location"},
-    {"_frozen_importlib_external", "_path_stat"}, {NULL, "validated"},
+    {NULL, "validated"},
     {"_frozen_importlib", "BuiltinImporter"}, {"_frozen_importlib", "FrozenImporter"},
     {"_imp", "is_builtin"}, {"_imp", "find_frozen"},
     {"_frozen_importlib_external", "ExtensionFileLoader"},
 };
-
-static PyObject *attr_of(const char *module, const char *name) {
-    PyObject *m = PyImport_ImportModule(module);
-    PyObject *a = m ? PyObject_GetAttrString(m, name) : NULL;
-    Py_XDECREF(m);
-    return a;
-}
 
 /* 1 when the image's level is sys.flags.optimize, 0 not, -1 error. */
 static int same_optimize(const unsigned char *hdr) {
@@ -473,11 +476,8 @@ static PyObject *hook_open_finder(PyObject *mod, PyObject *const *args, Py_ssize
     Py_XDECREF(fs);
     if (!img) return NULL;
     const unsigned char *hdr = rm_base(img);          /* rm_open read the header there */
-    PyObject *some_code = attr_of("_frozen_importlib", "_find_spec");
-    PyObject *code = some_code ? PyObject_GetAttrString(some_code, "__code__") : NULL;
-    int usable = !code ? -1 : header_problem(hdr, rm_size(img)) ? 0 : same_optimize(hdr);
-    if (usable > 0) usable = debug_ranges(code);
-    Py_XDECREF(some_code); Py_XDECREF(code);
+    int usable = header_problem(hdr, rm_size(img)) ? 0 : same_optimize(hdr);
+    if (usable > 0) usable = debug_ranges();
     if (usable <= 0) {
         rm_close(img);
         if (usable == 0) PyErr_SetString(PyExc_ValueError, "this image cannot be used here");
@@ -519,6 +519,11 @@ static PyObject *hook_open_finder(PyObject *mod, PyObject *const *args, Py_ssize
     return (PyObject *)f;
 }
 
+static PyObject *hook_debug_ranges(PyObject *mod, PyObject *unused) {
+    int yes = debug_ranges();
+    return yes < 0 ? NULL : PyBool_FromLong(yes);
+}
+
 static PyObject *hook_image_info(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 2) return PyErr_Format(PyExc_TypeError, "image_info(capsule, error_type)");
     rm_image *img = rm_image_capsule_adopt(args[0], args[1]);
@@ -548,6 +553,10 @@ static PyMethodDef hook_methods[] = {
      "install_method(cls, key, /)\n--\n\nrm_install_method; ImportError when it fails."},
     {"open_finder", (PyCFunction)(void (*)(void))hook_open_finder, METH_FASTCALL,
      open_finder_doc},
+    {"debug_ranges", hook_debug_ranges, METH_NOARGS,
+     "debug_ranges()\n--\n\n"
+     "True when this interpreter's code objects keep column positions (not under\n"
+     "-X no_debug_ranges, PYTHONNODEBUGRANGES or an embedding's config)."},
     {"image_info", (PyCFunction)(void (*)(void))hook_image_info, METH_FASTCALL,
      "image_info(capsule, error_type, /)\n--\n\n"
      "(handle, base, size, header, optimize) of the image an image capsule holds, whose API\n"

@@ -55,7 +55,7 @@ typedef struct {
 
 /* The Python objects a hook uses, in the order of rm_hook_new's io list. */
 enum { IO_IMAGE, IO_FAILED, IO_PATH_FINDER, IO_SOURCE_LOADER, IO_LOADER_TYPE, IO_ON_ERROR,
-       IO_FILE_FINDER, IO_SPEC_FROM_FILE, IO_PATH_STAT, IO_VALIDATED, IO_BUILTIN, IO_FROZEN,
+       IO_FILE_FINDER, IO_SPEC_FROM_FILE, IO_VALIDATED, IO_BUILTIN, IO_FROZEN,
        IO_IS_BUILTIN, IO_FIND_FROZEN, IO_EXT_LOADER, IO_COUNT };
 
 /* How stock import fills an object it makes (learnt once from stock itself, see learn):
@@ -87,7 +87,6 @@ struct hook_priv {            /* rm_hook.priv */
         IO_ON_ERROR       importer._warn_in_import(message)
         IO_FILE_FINDER    importlib's FileFinder
         IO_SPEC_FROM_FILE importlib's spec_from_file_location
-        IO_PATH_STAT      importlib's _path_stat
         IO_VALIDATED      set: FileFinders whose listing was checked against their directory in
                           this process (emptied by ImageFinder.invalidate_caches)
         IO_BUILTIN        importlib's BuiltinImporter
@@ -396,32 +395,45 @@ static PyObject *path_join(PyObject *a, PyObject *b) {
     return r;
 }
 
-/* FileFinder.find_spec's first step, done once per finder per process: its listing refilled
-   when its directory's mtime differs from the one it was filled at. */
+/* The directory's st_mtime as os.stat gives it (posixmodule's fill_time: seconds plus
+   nanoseconds times 1e-9, a double), -1 when it cannot be stat'ed: what FileFinder.find_spec
+   compares with _path_mtime at every call.  A new reference; NULL with an exception (a path
+   with a NUL in it: os.stat's ValueError). */
+static PyObject *dir_mtime(PyObject *dir) {
+    PyObject *fs = PyUnicode_EncodeFSDefault(dir);
+    if (!fs) return NULL;
+    struct stat st;
+    int ok = 0;
+    if (strlen(PyBytes_AS_STRING(fs)) != (size_t)PyBytes_GET_SIZE(fs))
+        PyErr_SetString(PyExc_ValueError, "embedded null byte");
+    else
+        ok = stat(PyBytes_AS_STRING(fs), &st) == 0 ? 1 : -1;
+    Py_DECREF(fs);
+    return !ok ? NULL : ok > 0 ? PyFloat_FromDouble(st.st_mtim.tv_sec + st.st_mtim.tv_nsec * 1e-9)
+                               : PyLong_FromLong(-1);
+}
+
+/* FileFinder.find_spec's first step: its listing refilled when its directory's mtime differs
+   from the one it was filled at.  1 refilled, 0 unchanged, -1 error. */
+static int refill_if_changed(PyObject *finder, PyObject *dir) {
+    PyObject *mtime = dir_mtime(dir), *filled = NULL;
+    int same = mtime && (filled = PyObject_GetAttrString(finder, "_path_mtime"))
+               ? PyObject_RichCompareBool(mtime, filled, Py_EQ) : -1;
+    if (same == 0) {
+        PyObject *r = PyObject_CallMethod(finder, "_fill_cache", NULL);
+        if (!r || PyObject_SetAttrString(finder, "_path_mtime", mtime) < 0) same = -1;
+        Py_XDECREF(r);
+    }
+    Py_XDECREF(mtime); Py_XDECREF(filled);
+    return same < 0 ? -1 : !same;
+}
+
+/* refill_if_changed, done once per finder per process (and again after invalidate_caches). */
 static int validate_listing(hook_priv *p, PyObject *finder, PyObject *dir) {
     int known = PySet_Contains(p->obj[IO_VALIDATED], finder);
     if (known) return known;
-    PyObject *st = PyObject_CallOneArg(p->obj[IO_PATH_STAT], dir), *mtime;
-    if (st) {
-        mtime = PyObject_GetAttrString(st, "st_mtime");
-        Py_DECREF(st);
-        if (!mtime) return -1;
-    } else if (PyErr_ExceptionMatches(PyExc_OSError)) {
-        PyErr_Clear();
-        mtime = PyLong_FromLong(-1);
-    } else {
+    if (refill_if_changed(finder, dir) < 0 || PySet_Add(p->obj[IO_VALIDATED], finder) < 0)
         return -1;
-    }
-    PyObject *filled = mtime ? PyObject_GetAttrString(finder, "_path_mtime") : NULL;
-    int same = filled ? PyObject_RichCompareBool(mtime, filled, Py_EQ) : -1;
-    if (same == 0) {
-        PyObject *r = PyObject_CallMethod(finder, "_fill_cache", NULL);
-        same = r && PyObject_SetAttrString(finder, "_path_mtime", mtime) == 0 ? 1 : -1;
-        Py_XDECREF(r);
-    }
-    Py_XDECREF(filled);
-    Py_XDECREF(mtime);
-    if (same < 0 || PySet_Add(p->obj[IO_VALIDATED], finder) < 0) return -1;
     return 0;
 }
 
@@ -736,8 +748,7 @@ static int by_stamps(hook_priv *p, PyObject *path, const recorded *rec,
     }
     if (rc > 0 && !cached) rc = default_hooks(p, dir);  /* (dir exists: can be tried) */
     if (rc > 0) {
-        file = rec->package ? PyUnicode_FromString("__init__.py")
-                            : PyUnicode_FromFormat("%U.py", rec->tail);
+        file = rec->package ? Py_NewRef(s_init_py) : PyUnicode_FromFormat("%U.py", rec->tail);
         *full = file ? path_join(rec->package ? base : dir, file) : NULL;
         if (!*full) rc = -1;
         else if (PyUnicode_Compare(*full, rec->path) != 0) { Py_CLEAR(*full); rc = 0; }
@@ -815,38 +826,18 @@ done:
     return rc;
 }
 
-/* The directory's st_mtime as os.stat gives it (posixmodule's fill_time: seconds plus
-   nanoseconds times 1e-9, a double), -1 when it cannot be stat'ed: what FileFinder.find_spec
-   compares with _path_mtime at every call.  A new reference; NULL with an exception. */
-static PyObject *dir_mtime(PyObject *dir) {
-    PyObject *fs = PyUnicode_EncodeFSDefault(dir);
-    if (!fs) return NULL;
-    struct stat st;
-    int ok = stat(PyBytes_AS_STRING(fs), &st) == 0;
-    Py_DECREF(fs);
-    return ok ? PyFloat_FromDouble(st.st_mtim.tv_sec + st.st_mtim.tv_nsec * 1e-9)
-              : PyLong_FromLong(-1);
-}
-
 /* look_for_extension as FileFinder would look now, for a name look_for_extension found nowhere
    moments ago: the listing is refilled when its directory's mtime is no longer the one it was
    filled at, and only then looked at again (walk_entries calls it). */
 static int look_again_now(hook_priv *p, PyObject *finder, const void *what, PyObject **full) {
-    PyObject *dir = PyObject_GetAttr(finder, s_path), *mtime = NULL, *filled = NULL;
+    PyObject *dir = PyObject_GetAttr(finder, s_path);
     if (!dir || !PyUnicode_Check(dir)) {        /* not FileFinder's: not proven */
         Py_XDECREF(dir);
         return dir ? 0 : -1;
     }
-    int rc = (mtime = dir_mtime(dir)) && (filled = PyObject_GetAttrString(finder, "_path_mtime"))
-             ? PyObject_RichCompareBool(mtime, filled, Py_EQ) : -1;
-    if (rc == 0) {
-        PyObject *r = PyObject_CallMethod(finder, "_fill_cache", NULL);
-        rc = r && PyObject_SetAttrString(finder, "_path_mtime", mtime) == 0
-             ? look_for_extension(p, finder, what, full) : -1;
-        Py_XDECREF(r);
-    }
-    Py_DECREF(dir); Py_XDECREF(mtime); Py_XDECREF(filled);
-    return rc;
+    int refilled = refill_if_changed(finder, dir);
+    Py_DECREF(dir);
+    return refilled > 0 ? look_for_extension(p, finder, what, full) : refilled < 0 ? -1 : 1;
 }
 
 /* 1: the spec of top-level extension module `fullname` (a name with no dot, asked for with

@@ -328,18 +328,22 @@ int rm_huge_pages_safe(void) {
 }
 
 /* ---- Opening ---------------------------------------------------------------------------- */
+/* 0 when the file's byte at `off` is not in the page cache (a one-byte read that must not
+   wait fails with EAGAIN), 1 when it is or this cannot be told. */
+static int in_page_cache(const rm_image *img, uint64_t off) {
+    char probe;
+    struct iovec iov = {&probe, 1};
+    errno = 0;
+    return preadv2(img->fd, &iov, 1, (off_t)off, RWF_NOWAIT) == 1 || errno != EAGAIN;
+}
+
 /* With the image out of the page cache (not read since boot, or evicted), lookups would read
    the directory, names and lookup sections a page at a time from the disk: the kernel is asked
    to read them all now, in the background (POSIX_FADV_WILLNEED).  Warm, this costs one
    non-blocking read of a byte. */
 static void meta_read_ahead(rm_image *img, uint64_t lookup_size) {
-    char probe;
-    struct iovec iov = {&probe, 1};
-    errno = 0;
-    if (img->mode == RM_MODE_FILE_MAPPING
-        || preadv2(img->fd, &iov, 1, (off_t)img->lookup_off, RWF_NOWAIT) == 1
-        || errno != EAGAIN)      /* (not the header page's neighbours: rm_open read them) */
-        return;
+    /* (the lookup table: not the header page's neighbours, which rm_open read) */
+    if (img->mode == RM_MODE_FILE_MAPPING || in_page_cache(img, img->lookup_off)) return;
     posix_fadvise(img->fd, 0, (off_t)(img->lookup_off + lookup_size), POSIX_FADV_WILLNEED);
 }
 
@@ -945,13 +949,9 @@ static int in_subtree(rm_image *img, uint32_t i, const rm_entry_info *info, char
 #define AHEAD_MAX (64ULL * 1024 * 1024)   /* bytes advised at most */
 
 static void read_ahead(rm_image *img, uint32_t index, const rm_entry_info *info) {
-    if (!(info->flags & MOD_PACKAGE) || memchr(info->name, '.', info->name_len)) return;
-    char probe;
-    struct iovec iov = {&probe, 1};
-    errno = 0;
-    if (preadv2(img->fd, &iov, 1, (off_t)info->seg_off, RWF_NOWAIT) == 1
-        || errno != EAGAIN)
-        return;                           /* in the page cache (or no such test): warm */
+    if (!(info->flags & MOD_PACKAGE) || memchr(info->name, '.', info->name_len)
+        || in_page_cache(img, info->seg_off))
+        return;                           /* warm (or no such test) */
     /* the subtree's entries follow the package's, sorted ([DIR-2]): find the first entry
        past them (names >= name + "/"), exponentially then by halves */
     char err[64];
